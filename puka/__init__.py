@@ -1,0 +1,51 @@
+"""puka: a promise-based client for RabbitMQ (AMQP 0-9-1).
+
+    import puka
+
+    client = puka.Client("amqp://localhost/")
+    client.wait(client.connect())
+    client.wait(client.queue_declare(queue="test"))
+    client.wait(client.basic_publish(exchange="", routing_key="test", body=b"hello"))
+
+Every operation returns a promise number; ``wait`` blocks on it, ``callback=``
+runs when it is done, ``loop`` drives callbacks.  See the documentation in
+``docs/`` for the full API.
+"""
+
+from . import spec
+from .client import OPERATIONS, Client, SslConnectionParameters
+from .exceptions import (
+    AMQPError,
+    AMQPHardError,
+    AMQPSoftError,
+    ConnectionBroken,
+    ConsumerCancelled,
+    FrameTooLarge,
+    PublishNacked,
+    UnsupportedProtocol,
+)
+from .spec import ERRORS as _ERRORS
+from .urls import ConnectionParameters, parse_amqp_url
+
+__version__ = "0.1.0"
+
+# One exception class per AMQP reply code, generated from the spec (NotFound, NoRoute...).
+globals().update({cls.__name__: cls for cls in _ERRORS.values()})
+
+__all__ = [
+    "Client",
+    "SslConnectionParameters",
+    "ConnectionParameters",
+    "parse_amqp_url",
+    "OPERATIONS",
+    "spec",
+    "AMQPError",
+    "AMQPHardError",
+    "AMQPSoftError",
+    "ConnectionBroken",
+    "ConsumerCancelled",
+    "FrameTooLarge",
+    "PublishNacked",
+    "UnsupportedProtocol",
+    *sorted(cls.__name__ for cls in _ERRORS.values()),
+]

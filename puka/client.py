@@ -1,0 +1,630 @@
+"""The public API: puka's Client.
+
+Theory of operation: a :class:`Client` joins a :class:`~puka.connection.Connection`
+(socket, framing, heartbeats) to a :class:`~puka.machines.Session` (promises,
+channels, machines).  Every operation returns a promise number at once;
+nothing blocks until the application asks:
+
+* ``wait(promise)`` runs the event loop until that promise has a result, runs
+  its callback if it has one, and returns the result (raising the error when
+  the result is an error and ``raise_errors`` is true);
+* ``loop()`` runs the event loop and every callback until ``loop_break()``;
+* ``fileno()``/``needs_write()``/``on_read()``/``on_write()``/
+  ``run_any_callbacks()`` let another event loop drive the client instead.
+
+The synchronous AMQP operations are declared once, in :data:`OPERATIONS`
+(``queue_declare`` -> ``queue.declare`` answered by ``queue.declare-ok``); each
+public method only orders its arguments for that method.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+from . import spec
+from .connection import OPEN, Connection
+from .exceptions import ConnectionBroken
+from .machines import MAX_MESSAGE_SIZE, Session
+from .urls import parse_amqp_url
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from .promise import Callback, Promise
+
+#: Seconds to establish a connection (TCP, TLS, AMQP handshake) unless the URL says otherwise.
+DEFAULT_CONNECTION_TIMEOUT = 10.0
+#: Seconds ``close()`` waits for the broker's close-ok before dropping the socket.
+CLOSE_TIMEOUT = 5.0
+#: Bytes waiting to be written above which basic_publish runs the event loop until they drain.
+PUBLISH_HIGH_WATER = 64 * 1024 * 1024
+
+
+class Operation:
+    """A synchronous AMQP operation: the method sent and the reply that answers it."""
+
+    __slots__ = ("request", "reply_ids")
+
+    def __init__(self, request: str, reply: str) -> None:
+        self.request = spec.METHODS_BY_NAME[request]
+        self.reply_ids = (spec.METHODS_BY_NAME[reply].method_id,)
+
+
+#: The simple operations: each is one method on a pooled channel and its reply.
+OPERATIONS = {
+    "exchange_declare": Operation("exchange.declare", "exchange.declare-ok"),
+    "exchange_delete": Operation("exchange.delete", "exchange.delete-ok"),
+    "exchange_bind": Operation("exchange.bind", "exchange.bind-ok"),
+    "exchange_unbind": Operation("exchange.unbind", "exchange.unbind-ok"),
+    "queue_declare": Operation("queue.declare", "queue.declare-ok"),
+    "queue_delete": Operation("queue.delete", "queue.delete-ok"),
+    "queue_purge": Operation("queue.purge", "queue.purge-ok"),
+    "queue_bind": Operation("queue.bind", "queue.bind-ok"),
+    "queue_unbind": Operation("queue.unbind", "queue.unbind-ok"),
+}
+
+
+class SslConnectionParameters:
+    """TLS settings for ``amqps://`` (the original puka's class, extended).
+
+    Certificate and hostname verification are on by default; set
+    ``verify=False`` to turn both off (explicitly insecure).  ``ca_certs`` is a
+    CA bundle file, ``certfile``/``keyfile`` a client certificate (for EXTERNAL
+    authentication).  ``context`` takes a ready ``ssl.SSLContext`` instead.
+    """
+
+    def __init__(
+        self,
+        ca_certs: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        verify: bool = True,
+        check_hostname: bool = True,
+        server_hostname: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.ca_certs = ca_certs
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.verify = verify
+        self.check_hostname = check_hostname
+        self.server_hostname = server_hostname
+        self.context = context
+
+    @property
+    def require_certificate(self) -> bool:  # the original puka's name
+        return self.verify
+
+    @require_certificate.setter
+    def require_certificate(self, value: bool) -> None:
+        self.verify = value
+
+    def make_context(self) -> ssl.SSLContext:
+        if self.context is not None:
+            return self.context
+        context = ssl.create_default_context(cafile=self.ca_certs)
+        if self.certfile:
+            context.load_cert_chain(self.certfile, self.keyfile)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif not self.check_hostname:
+            context.check_hostname = False
+        return context
+
+
+def _ssl_context(ssl_parameters: Any, options: dict[str, Any]) -> ssl.SSLContext:
+    if isinstance(ssl_parameters, ssl.SSLContext):
+        return ssl_parameters
+    if ssl_parameters is None:
+        ssl_parameters = SslConnectionParameters(
+            ca_certs=options.get("cacertfile"),
+            certfile=options.get("certfile"),
+            keyfile=options.get("keyfile"),
+            verify=options.get("verify", "verify_peer") != "verify_none",
+        )
+    elif isinstance(ssl_parameters, dict):
+        ssl_parameters = SslConnectionParameters(**ssl_parameters)
+    return ssl_parameters.make_context()  # type: ignore[no-any-return]
+
+
+class Client:
+    """A connection to a RabbitMQ broker with puka's promise API.
+
+    ``amqp_url``
+        ``amqp[s]://user:password@host:port/vhost?heartbeat=10&connection_timeout=5``
+        (see :func:`puka.urls.parse_amqp_url`); a malformed URL raises ValueError here.
+    ``pubacks``
+        publisher confirms: None uses them when the broker offers them, True
+        always, False emulates confirmation as the original puka did.
+    ``client_properties``
+        merged into what the client announces (e.g. ``{'connection_name': 'billing'}``).
+    ``heartbeat``
+        seconds; 0 (the default) turns heartbeats off unless the URL sets them.
+    ``ssl_parameters``
+        for ``amqps``: an ``ssl.SSLContext``, a :class:`SslConnectionParameters`
+        or a dict of its arguments.  Verification is on by default.
+    ``middleware``
+        a list of :class:`puka.tracing.Middleware`.
+    ``connection_timeout``
+        seconds for TCP, TLS and the AMQP handshake together.
+    ``max_message_size``
+        largest message body accepted from the broker (bytes).
+    """
+
+    def __init__(
+        self,
+        amqp_url: str = "amqp:///",
+        pubacks: bool | None = None,
+        client_properties: dict[str, Any] | None = None,
+        heartbeat: float = 0,
+        ssl_parameters: Any = None,
+        middleware: Iterable[Any] = (),
+        *,
+        connection_timeout: float | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+    ) -> None:
+        params = parse_amqp_url(amqp_url)
+        options = params.options
+        self.params = params
+        if not heartbeat:
+            heartbeat = options.get("heartbeat", 0)
+        if heartbeat < 0:
+            raise ValueError("heartbeat must be >= 0 seconds")
+        self.heartbeat = heartbeat
+        self.connection_timeout = float(
+            connection_timeout
+            if connection_timeout is not None
+            else options.get("connection_timeout", DEFAULT_CONNECTION_TIMEOUT)
+        )
+        context = None
+        server_hostname = None
+        if params.tls:
+            context = _ssl_context(ssl_parameters, options)
+            server_hostname = (
+                options.get("server_name_indication") or getattr(ssl_parameters, "server_hostname", None) or params.host
+            )
+        self._conn = conn = Connection(
+            params.host,
+            params.port,
+            frame_handler=self._on_frames,
+            on_broken=self._on_broken,
+            ssl_context=context,
+            server_hostname=server_hostname,
+        )
+        self._session = Session(
+            conn.send,
+            conn.send_many,
+            username=params.username,
+            password=params.password,
+            vhost=params.vhost,
+            pubacks=pubacks,
+            client_properties=client_properties,
+            heartbeat=heartbeat,
+            channel_max=options.get("channel_max", 2047),
+            frame_max=options.get("frame_max", 131072),
+            auth_mechanism=options.get("auth_mechanism", "PLAIN"),
+            max_message_size=max_message_size,
+            set_heartbeat=conn.set_heartbeat,
+            set_frame_max=self._set_frame_max,
+            set_deadline=self._set_deadline,
+            close_transport=self._close_transport,
+        )
+        self.middleware = list(middleware)
+        self._loop_break = False
+        self.pubacks = pubacks
+        self.client_properties = client_properties
+
+    def __repr__(self) -> str:
+        return "<puka.Client %s %s>" % (self.params.redacted_url(), self._session.status)
+
+    # --- plumbing between the layers --------------------------------------------------------------
+
+    def _on_frames(self, frames: list[Any]) -> None:
+        self._session.on_frames(frames)
+
+    def _on_broken(self, exc: ConnectionBroken) -> None:
+        self._session.on_broken(exc)
+
+    def _set_frame_max(self, frame_max: int) -> None:
+        self._conn.reader.frame_max = frame_max
+
+    def _set_deadline(self, when: float | None, why: str) -> None:
+        self._conn.deadline = when
+        self._conn.deadline_error = why
+
+    def _close_transport(self, exc: ConnectionBroken, flush: bool = False) -> None:
+        if flush:
+            self._conn.flush(0.5)
+        self._conn.close(exc)
+
+    def _check(self) -> Session:
+        session = self._session
+        if session.error is not None:
+            raise session._broken_error()
+        return session
+
+    # --- connection interface -----------------------------------------------------------------------
+
+    def connect(self, callback: Callback | None = None) -> int:
+        """Open the connection: TCP, TLS for amqps, then the AMQP handshake."""
+        session = self._check()
+        if session.connect_promise is not None:
+            raise ValueError("connect() was already called on this client")
+        promise = session.start(callback)
+        self._set_deadline(
+            time.monotonic() + self.connection_timeout,
+            "connecting to %s timed out after %gs" % (self.params.redacted_url(), self.connection_timeout),
+        )
+        self._conn.open()
+        return promise.number
+
+    def close(self, callback: Callback | None = None) -> int:
+        """Close the connection (connection.close / close-ok); every pending promise fails."""
+        session = self._session
+        already = session.status == "closing"
+        promise = session.close(callback)
+        if not already and session.status == "closing":
+            self._set_deadline(time.monotonic() + CLOSE_TIMEOUT, "the broker did not answer connection.close")
+        return promise.number
+
+    def __enter__(self) -> Client:
+        if self._session.connect_promise is None:
+            self.wait(self.connect())
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._session.status in ("open", "handshake"):
+            try:
+                self.wait(self.close(), timeout=CLOSE_TIMEOUT + 1)
+            except ConnectionBroken:
+                pass
+        self._conn.close()
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def socket(self) -> Any:
+        """The underlying socket (for event loops)."""
+        return self._conn.sock
+
+    def needs_write(self) -> bool:
+        return self._conn.needs_write()
+
+    def on_read(self) -> None:
+        self._conn.on_read()
+
+    def on_write(self) -> None:
+        self._conn.on_write()
+
+    def on_timer(self) -> float | None:
+        """Run heartbeats and deadlines; returns seconds until they need this again.
+
+        Event loops other than ``wait``/``loop`` call this when the returned
+        delay has passed (``wait`` and ``loop`` do it themselves).
+        """
+        now = time.monotonic()
+        self._conn.check_timers(now)
+        return self._conn.next_timer(time.monotonic())
+
+    @property
+    def blocked(self) -> str | None:
+        """The broker's reason while it blocks this connection (low resources), else None."""
+        return self._session.blocked
+
+    @property
+    def on_blocked(self) -> Callable[[str | None], None] | None:
+        """Called with the reason when the broker blocks the connection, with None when it unblocks."""
+        return self._session.on_blocked
+
+    @on_blocked.setter
+    def on_blocked(self, callback: Callable[[str | None], None] | None) -> None:
+        self._session.on_blocked = callback
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        return self._session.server_properties
+
+    @property
+    def frame_max(self) -> int:
+        return self._session.frame_max
+
+    @property
+    def channel_max(self) -> int:
+        return self._session.channel_max
+
+    def run_any_callbacks(self) -> None:
+        """Run the callbacks of every promise that has a result (never blocks, never raises them)."""
+        session = self._session
+        ready = session.ready
+        take = session.take
+        while ready:
+            promise = ready.popleft()
+            if not promise.results:
+                continue
+            result = take(promise)
+            if promise.callback is not None:
+                promise.callback(promise.number, result)
+
+    def _lookup(self, number: int) -> Promise:
+        promise = self._session.promises.get(number)
+        if promise is None:
+            raise ValueError("promise %r is not pending on this client (finished or unknown)" % (number,))
+        return promise
+
+    def wait(
+        self, promise_numbers: int | Iterable[int], timeout: float | None = None, raise_errors: bool = True
+    ) -> Any:
+        """Run the event loop until one of the promises has a result; return it.
+
+        Runs that promise's callback, if any.  Returns None when ``timeout``
+        (seconds) passes first.  An error result is raised unless
+        ``raise_errors`` is False, in which case it is returned.
+        """
+        session = self._session
+        if promise_numbers.__class__ is int:
+            promise = session.promises.get(promise_numbers)  # type: ignore[arg-type]
+            if promise is None:
+                promise = self._lookup(promise_numbers)  # type: ignore[arg-type]
+            if promise.results:
+                return self._deliver(promise, raise_errors)
+            promises = (promise,)
+        else:
+            promises = tuple(self._lookup(n) for n in promise_numbers)  # type: ignore[union-attr]
+            if not promises:
+                raise ValueError("wait() needs at least one promise")
+        conn = self._conn
+        if conn.state is OPEN and conn.backlog:
+            conn.on_write()  # flush first: the caller cannot tell whether wait() ran select
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for promise in promises:
+                if promise.results:
+                    return self._deliver(promise, raise_errors)
+            if deadline is None:
+                remaining = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+            conn.io_step(remaining)
+
+    def _deliver(self, promise: Promise, raise_errors: bool) -> Any:
+        session = self._session
+        result = session.take(promise)
+        if len(session.ready) > session.compact_at:
+            session.compact_ready()
+        if promise.callback is not None:
+            promise.callback(promise.number, result)
+        if raise_errors and result.is_error:
+            raise result.exception.with_traceback(None)
+        return result
+
+    def wait_for_all(self, promise_list: Iterable[int], raise_errors: bool = True) -> list[Any]:
+        """Wait for each promise in turn; returns their results."""
+        return [self.wait(p, raise_errors=raise_errors) for p in promise_list]
+
+    def wait_for_any(self) -> None:
+        """Same as ``loop()``."""
+        self.loop()
+
+    def loop(self, timeout: float | None = None) -> None:
+        """Run the event loop and every callback until ``loop_break()`` or ``timeout`` seconds."""
+        self._loop_break = False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn = self._conn
+        while True:
+            self.run_any_callbacks()
+            if self._loop_break:
+                break
+            if deadline is None:
+                remaining = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+            conn.io_step(remaining)
+        if conn.state is OPEN and conn.backlog:
+            conn.on_write()
+
+    def loop_break(self) -> None:
+        """Make ``loop()`` return after the current callback."""
+        self._loop_break = True
+
+    def set_callback(self, promise_number: int, callback: Callback | None) -> None:
+        self._lookup(promise_number).callback = callback
+
+    # --- publishing and consuming ------------------------------------------------------------------
+
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str = "",
+        body: bytes | bytearray | memoryview | str = b"",
+        headers: dict[str, Any] | None = None,
+        mandatory: bool = False,
+        callback: Callback | None = None,
+    ) -> int:
+        """Publish a message; the promise resolves when the broker confirms it.
+
+        ``headers`` holds the basic properties under puka's names
+        (``content_type``, ``delivery_mode``, ``priority``, ``correlation_id``,
+        ``reply_to``, ``expiration``, ``message_id``, ``timestamp``, ``type_``,
+        ``user_id``, ``app_id``) and application headers, together; the dict is
+        not modified.  Errors: ``NoRoute`` when ``mandatory`` and no queue took
+        it, ``PublishNacked``, the channel error (e.g. ``NotFound`` for a
+        missing exchange), ``ConnectionBroken``.
+        """
+        session = self._session
+        number = session.publish(exchange, routing_key, body, headers, mandatory, callback)
+        if self._conn._out_size > PUBLISH_HIGH_WATER:
+            self._drain()
+        return number
+
+    def _drain(self) -> None:
+        """Push back: run the event loop until the send buffer is below half the high water."""
+        conn = self._conn
+        while conn.state is OPEN and conn.backlog > PUBLISH_HIGH_WATER // 2:
+            conn.io_step(1.0)
+
+    def basic_consume(
+        self,
+        queue: str,
+        prefetch_count: int = 0,
+        no_local: bool = False,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        consumer_tag: str | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Consume from a queue; every delivered message is a result of the promise."""
+        item = {
+            "queue": queue,
+            "no_local": no_local,
+            "exclusive": exclusive,
+            "arguments": arguments,
+            "consumer_tag": consumer_tag,
+        }
+        return self.basic_consume_multi([item], prefetch_count, no_ack, callback=callback)
+
+    def basic_consume_multi(
+        self,
+        queues: Iterable[str | dict[str, Any]],
+        prefetch_count: int = 0,
+        no_ack: bool = False,
+        callback: Callback | None = None,
+    ) -> int:
+        """Consume from several queues on one promise (and one prefetch window).
+
+        Each item is a queue name or a dict with ``queue`` and optionally
+        ``no_local``, ``exclusive``, ``arguments``, ``consumer_tag``.
+        """
+        items = [{"queue": q} if isinstance(q, str) else dict(q) for q in queues]
+        if not items:
+            raise ValueError("basic_consume_multi needs at least one queue")
+        return self._check().consume(items, prefetch_count, no_ack, callback)
+
+    def basic_qos(self, consume_promise: int, prefetch_count: int = 0, callback: Callback | None = None) -> int:
+        """Change the prefetch window of a consume promise."""
+        return self._check().qos(consume_promise, prefetch_count, callback)
+
+    def basic_cancel(self, consume_promise: int, callback: Callback | None = None) -> int:
+        """Stop a consume promise (all its queues); it ends once the broker confirms."""
+        return self._check().cancel(consume_promise, callback)
+
+    def basic_get(self, queue: str, no_ack: bool = False, callback: Callback | None = None) -> int:
+        """Fetch one message; the result has ``empty`` True when the queue had none."""
+        return self._check().get(queue, no_ack, callback)
+
+    def basic_ack(self, msg_result: dict[str, Any], multiple: bool = False) -> None:
+        """Acknowledge a delivered message (and, with ``multiple``, every earlier one of its consume)."""
+        self._session.settle(msg_result, "ack", multiple=multiple)
+
+    def basic_reject(self, msg_result: dict[str, Any], requeue: bool = True) -> None:
+        """Reject a delivered message, requeueing it by default."""
+        self._session.settle(msg_result, "reject", requeue=requeue)
+
+    def basic_nack(self, msg_result: dict[str, Any], requeue: bool = True, multiple: bool = False) -> None:
+        """Negatively acknowledge a delivered message (RabbitMQ's basic.nack)."""
+        self._session.settle(msg_result, "nack", requeue=requeue, multiple=multiple)
+
+    # --- the simple operations (see OPERATIONS) --------------------------------------------------
+
+    def _call(self, name: str, args: tuple[Any, ...], callback: Callback | None) -> int:
+        op = OPERATIONS[name]
+        return self._check().call(op.request, op.reply_ids, args, callback)
+
+    def exchange_declare(
+        self,
+        exchange: str,
+        type: str = "direct",
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        passive: bool = False,
+        internal: bool = False,
+        callback: Callback | None = None,
+    ) -> int:
+        """Declare an exchange (``passive``: only check that it exists)."""
+        args = (exchange, type, passive, durable, auto_delete, internal, False, arguments or {})
+        return self._call("exchange_declare", args, callback)
+
+    def exchange_delete(self, exchange: str, if_unused: bool = False, callback: Callback | None = None) -> int:
+        """Delete an exchange."""
+        return self._call("exchange_delete", (exchange, if_unused, False), callback)
+
+    def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Bind an exchange to another (RabbitMQ extension)."""
+        return self._call("exchange_bind", (destination, source, routing_key, False, arguments or {}), callback)
+
+    def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Remove an exchange-to-exchange binding."""
+        return self._call("exchange_unbind", (destination, source, routing_key, False, arguments or {}), callback)
+
+    def queue_declare(
+        self,
+        queue: str = "",
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        passive: bool = False,
+        callback: Callback | None = None,
+    ) -> int:
+        """Declare a queue; the result has ``queue``, ``message_count``, ``consumer_count``.
+
+        ``queue=''`` lets the broker name it.  ``arguments`` carries e.g.
+        ``{'x-queue-type': 'quorum'}``, ``{'x-message-ttl': 60000}``.
+        """
+        args = (queue, passive, durable, exclusive, auto_delete, False, arguments or {})
+        return self._call("queue_declare", args, callback)
+
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, callback: Callback | None = None
+    ) -> int:
+        """Delete a queue; the result has ``message_count``."""
+        return self._call("queue_delete", (queue, if_unused, if_empty, False), callback)
+
+    def queue_purge(self, queue: str, callback: Callback | None = None) -> int:
+        """Remove every ready message of a queue; the result has ``message_count``."""
+        return self._call("queue_purge", (queue, False), callback)
+
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Bind a queue to an exchange."""
+        return self._call("queue_bind", (queue, exchange, routing_key, False, arguments or {}), callback)
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Remove a queue binding."""
+        return self._call("queue_unbind", (queue, exchange, routing_key, arguments or {}), callback)

@@ -1,0 +1,438 @@
+"""The transport: socket, TLS, buffers, heartbeats and the select step.
+
+Theory of operation: a :class:`Connection` moves bytes between a non-blocking
+socket and the layers above, and knows AMQP only as far as framing.
+
+* Opening walks ``CONNECTING`` (non-blocking TCP connect) -> ``TLS``
+  (non-blocking handshake, for ``amqps``) -> ``OPEN``.  Bytes sent before
+  ``OPEN`` wait in the send buffer.
+* Inbound bytes go through a :class:`~puka.framing.FrameReader`; complete frames
+  are handed to ``frame_handler(frames)`` (the dispatcher above).  Heartbeat
+  frames are consumed here.
+* Outbound data is a deque of buffers.  Writing happens when the event loop
+  says the socket is writable (:meth:`on_write`), and eagerly once the buffer
+  passes :data:`WRITE_EAGERLY`, so bulk publishing streams instead of piling up.
+  Small buffers are coalesced into one ``send``; large ones (message bodies)
+  are sent from their own memory, never copied into a joined buffer.
+* Heartbeats: once an interval is set, :meth:`check_timers` sends a heartbeat
+  when nothing was sent for half of it and declares the peer dead when nothing
+  arrived for two intervals.  A deadline (connection timeout) can be armed too.
+  :meth:`io_step` -- one ``select`` bounded by those timers -- is what
+  ``wait``/``loop`` run, so timers fire there as well.
+* Any failure (reset, EOF, protocol violation, missed heartbeats, deadline)
+  closes the socket and calls ``on_broken(exc)`` exactly once, with a
+  :class:`~puka.exceptions.ConnectionBroken`.  Afterwards every send is
+  refused with that same error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from collections import deque
+
+from .exceptions import ConnectionBroken, FrameTooLarge
+from .framing import HEARTBEAT, FrameReader
+from .spec import FRAME_HEARTBEAT, DecodeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+    from typing import Any
+
+    from .framing import Buffer, Frame
+
+IDLE, CONNECTING, TLS, OPEN, CLOSED = "idle", "connecting", "tls", "open", "closed"
+
+#: Try writing at once when this many bytes are waiting, instead of waiting for the loop.
+WRITE_EAGERLY = 128 * 1024
+#: Buffers under this size are joined into one send; larger ones go from their own memory.
+COALESCE_LIMIT = 64 * 1024
+#: Most bytes handed to one send() call.
+SEND_CHUNK = 256 * 1024
+RECV_SIZE = 256 * 1024
+_WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EINTR)
+
+
+class Connection:
+    """A framed AMQP transport over one socket.  See the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        frame_handler: Callable[[list[Frame]], None],
+        on_broken: Callable[[ConnectionBroken], None],
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.frame_handler = frame_handler
+        self.on_broken = on_broken
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self.state = IDLE
+        self.sock: Any = None
+        self.reader = FrameReader()
+        self._out: deque[Buffer] = deque()
+        self._out_size = 0
+        self._want_write = False  # TLS handshake asked for writability
+        self.error: ConnectionBroken | None = None
+        self.heartbeat = 0.0
+        self.deadline: float | None = None
+        self.deadline_error = "connection timed out"
+        now = time.monotonic()
+        self.last_recv = now
+        self.last_send = now
+        self.bytes_received = 0
+
+    # --- opening ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start connecting (non-blocking); progress happens in on_read/on_write."""
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fail("cannot resolve %s: %s" % (self._where(), exc.strerror or exc))
+            return
+        family, socktype, proto, _name, address = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError:
+            pass
+        self.sock = sock
+        self.state = CONNECTING
+        code = sock.connect_ex(address)
+        if code not in (0,) + _WOULD_BLOCK:
+            self._fail("cannot connect to %s: %s" % (self._where(), os.strerror(code)))
+
+    def _where(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s:%d" % (host, self.port)
+
+    def _connected(self) -> None:
+        """The TCP connect finished (socket writable)."""
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._fail("cannot connect to %s: %s" % (self._where(), os.strerror(code)))
+            return
+        if self.ssl_context is None:
+            self.state = OPEN
+            self.on_write()
+            return
+        try:
+            self.sock = self.ssl_context.wrap_socket(
+                self.sock, server_hostname=self.server_hostname, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as exc:
+            self._fail("TLS setup for %s failed: %s" % (self._where(), exc))
+            return
+        self.state = TLS
+        self._handshake()
+
+    def _handshake(self) -> None:
+        import ssl
+
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._want_write = True
+            return
+        except ssl.SSLCertVerificationError as exc:
+            self._fail("TLS certificate verification failed for %s: %s" % (self._where(), exc.verify_message or exc))
+            return
+        except (OSError, ValueError) as exc:
+            self._fail("TLS handshake with %s failed: %s" % (self._where(), exc))
+            return
+        self._want_write = False
+        self.state = OPEN
+        self.on_write()
+
+    # --- the event-loop interface ---------------------------------------------------------------
+
+    def fileno(self) -> int:
+        if self.sock is None:
+            raise self.error or ConnectionBroken("not connected")
+        return int(self.sock.fileno())
+
+    def needs_write(self) -> bool:
+        state = self.state
+        if state is OPEN:
+            return self._out_size > 0
+        if state is CONNECTING:
+            return True
+        if state is TLS:
+            return self._want_write
+        return False
+
+    def on_read(self) -> None:
+        """The socket is readable: receive, frame, dispatch."""
+        state = self.state
+        if state is not OPEN:
+            if state is TLS:
+                self._handshake()
+            elif state is CONNECTING:
+                self._connected()
+            if self.state is not OPEN:
+                return
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if _is_ssl_want(exc):
+                    return
+                self._fail("connection to %s lost: %s" % (self._where(), exc.strerror or exc))
+                return
+            if not data:
+                self._fail("connection to %s closed by the peer" % self._where())
+                return
+            self.last_recv = time.monotonic()
+            self.bytes_received += len(data)
+            try:
+                frames = self.reader.feed(data)
+            except DecodeError as exc:
+                self._fail(
+                    "protocol violation by %s: %s" % (self._where(), exc),
+                    FrameTooLarge if "frame_max" in str(exc) else ConnectionBroken,
+                )
+                return
+            if frames:
+                try:
+                    self._dispatch(frames)
+                except DecodeError as exc:
+                    self._fail("protocol violation by %s: %s" % (self._where(), exc))
+                    return
+                if self.state is not OPEN:
+                    return
+            # TLS may hold decrypted bytes that select() will not report.
+            if self.ssl_context is None or self.state is not OPEN or not sock.pending():
+                return
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            if frame[0] == FRAME_HEARTBEAT:
+                break
+        else:
+            self.frame_handler(frames)
+            return
+        # Rare: take heartbeats out (they only refresh last_recv, done above).
+        payload_frames = []
+        for frame in frames:
+            if frame[0] == FRAME_HEARTBEAT:
+                if frame[1] != 0:
+                    self._fail("protocol violation by %s: heartbeat on channel %d" % (self._where(), frame[1]))
+                    return
+            else:
+                payload_frames.append(frame)
+        if payload_frames:
+            self.frame_handler(payload_frames)
+
+    def on_write(self) -> None:
+        """The socket is writable: send what is buffered (as much as it takes)."""
+        state = self.state
+        if state is not OPEN:
+            if state is CONNECTING:
+                self._connected()
+            elif state is TLS:
+                self._handshake()
+            return
+        out = self._out
+        sock = self.sock
+        while out:
+            head = out[0]
+            if len(head) >= COALESCE_LIMIT or len(out) == 1:
+                data = head
+            else:
+                data = self._coalesce()
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if _is_ssl_want(exc):
+                    return
+                self._fail("connection to %s lost: %s" % (self._where(), exc.strerror or exc))
+                return
+            self.last_send = time.monotonic()
+            self._out_size -= sent
+            if sent < len(out[0]):
+                out[0] = memoryview(out[0])[sent:]
+                return
+            out.popleft()
+
+    def _coalesce(self) -> bytes:
+        """Join small buffers at the head of the queue into one (leaves it at the head)."""
+        out = self._out
+        parts = []
+        total = 0
+        while out and total < SEND_CHUNK:
+            head = out[0]
+            if len(head) >= COALESCE_LIMIT and parts:
+                break
+            parts.append(out.popleft())
+            total += len(head)
+        joined = b"".join(parts)
+        out.appendleft(joined)
+        return joined
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    def send(self, data: Buffer) -> None:
+        """Queue bytes for the peer (written when possible)."""
+        if self.state is CLOSED:
+            raise self.error or ConnectionBroken("connection closed")
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= WRITE_EAGERLY and self.state is OPEN:
+            self.on_write()
+
+    def send_many(self, buffers: list[Buffer]) -> None:
+        """Queue several buffers (e.g. the frames of a large message)."""
+        if self.state is CLOSED:
+            raise self.error or ConnectionBroken("connection closed")
+        out = self._out
+        for data in buffers:
+            out.append(data)
+            self._out_size += len(data)
+        if self._out_size >= WRITE_EAGERLY and self.state is OPEN:
+            self.on_write()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued and not yet written to the socket."""
+        return self._out_size
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def set_heartbeat(self, interval: float) -> None:
+        """Start heartbeats: send every interval/2 when idle; peer dead after 2 silent intervals."""
+        self.heartbeat = float(interval)
+        self.last_recv = self.last_send = time.monotonic()
+
+    def next_timer(self, now: float) -> float | None:
+        """Seconds until check_timers has something to do (None: no timer armed)."""
+        delays = []
+        if self.heartbeat and self.state is OPEN:
+            delays.append(self.last_send + self.heartbeat / 2 - now)
+            delays.append(self.last_recv + self.heartbeat * 2 - now)
+        if self.deadline is not None:
+            delays.append(self.deadline - now)
+        if not delays:
+            return None
+        return max(0.0, min(delays))
+
+    def check_timers(self, now: float) -> None:
+        if self.state is CLOSED:
+            return
+        if self.deadline is not None and now >= self.deadline:
+            self._fail(self.deadline_error)
+            return
+        if self.heartbeat and self.state is OPEN:
+            if now - self.last_recv > self.heartbeat * 2:
+                self._fail(
+                    "no data or heartbeat from %s for %.1fs (heartbeat %gs): peer presumed dead"
+                    % (self._where(), now - self.last_recv, self.heartbeat)
+                )
+                return
+            if now - self.last_send >= self.heartbeat / 2:
+                self._out.append(HEARTBEAT)
+                self._out_size += len(HEARTBEAT)
+                self.on_write()
+                if self._out_size:
+                    # Could not write (peer not reading): a heartbeat is queued; do not
+                    # queue another every loop iteration.
+                    self.last_send = now
+
+    def io_step(self, timeout: float | None) -> None:
+        """One round of the event loop: select (bounded by timers), read, write, timers."""
+        sock = self.sock
+        if self.state is CLOSED or sock is None:
+            raise self.error or ConnectionBroken("connection closed")
+        now = time.monotonic()
+        timer = self.next_timer(now)
+        if timer is not None and (timeout is None or timer < timeout):
+            timeout = timer
+        if self.ssl_context is not None and self.state is OPEN and sock.pending():
+            timeout = 0
+        wlist = (sock,) if self.needs_write() else ()
+        try:
+            r, w, _x = select.select((sock,), wlist, (), timeout)
+        except InterruptedError:
+            r = w = []
+        except (OSError, ValueError) as exc:
+            self._fail("select on %s failed: %s" % (self._where(), exc))
+            return
+        if r or (self.ssl_context is not None and self.state is OPEN and sock.pending()):
+            self.on_read()
+        if w and self.state is not CLOSED:
+            self.on_write()
+        if self.state is not CLOSED:
+            self.check_timers(time.monotonic())
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def _fail(self, message: str, kind: type[ConnectionBroken] = ConnectionBroken) -> None:
+        if self.state is CLOSED:
+            return
+        self.error = kind(message)
+        self._close_socket()
+        self.on_broken(self.error)
+
+    def fail(self, exc: ConnectionBroken) -> None:
+        """Break the connection with this error (the layers above found a violation)."""
+        if self.state is CLOSED:
+            return
+        self.error = exc
+        self._close_socket()
+        self.on_broken(exc)
+
+    def close(self, error: ConnectionBroken | None = None) -> None:
+        """Close the socket now; later sends raise ``error`` (or a 'connection closed' error)."""
+        if self.state is CLOSED:
+            return
+        self.error = error or ConnectionBroken("connection closed")
+        self._close_socket()
+
+    def flush(self, timeout: float) -> None:
+        """Best effort: write what is buffered, waiting at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.state is OPEN and self._out_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                _r, w, _x = select.select((), (self.sock,), (), remaining)
+            except (OSError, ValueError):
+                return
+            if w:
+                self.on_write()
+
+    def _close_socket(self) -> None:
+        self.state = CLOSED
+        self._out.clear()
+        self._out_size = 0
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def _is_ssl_want(exc: OSError) -> bool:
+    name = type(exc).__name__
+    return name in ("SSLWantReadError", "SSLWantWriteError")

@@ -1,0 +1,50 @@
+"""Shared fixtures: a real broker (AMQP_URL or the local RabbitMQ), clients, unique names."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import ensure_broker  # noqa: E402
+
+import puka  # noqa: E402
+
+AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The broker's URL, after making sure it answers (starting the local one if needed)."""
+    ensure_broker.ensure()
+    return AMQP_URL
+
+
+@pytest.fixture
+def client(amqp_url):
+    """A connected client, closed after the test."""
+    c = puka.Client(amqp_url, client_properties={"connection_name": "puka-tests"})
+    c.wait(c.connect(), timeout=10)
+    yield c
+    if c._session.status == "open":
+        c.wait(c.close(), timeout=10)
+
+
+@pytest.fixture
+def name(request) -> str:
+    """A unique name for queues and exchanges of one test."""
+    return "puka-test-%s-%s" % (request.node.name[:40], uuid.uuid4().hex[:8])
+
+
+@pytest.fixture
+def queue(client, name):
+    """A fresh queue (deleted after the test)."""
+    client.wait(client.queue_declare(queue=name))
+    yield name
+    if client._session.status == "open":
+        client.wait(client.queue_delete(queue=name), raise_errors=False)
