@@ -43,6 +43,15 @@ CLOSE_TIMEOUT = 5.0
 PUBLISH_HIGH_WATER = 64 * 1024 * 1024
 
 
+_MESSAGE_METHODS = frozenset(
+    (spec.METHODS_BY_NAME["basic.deliver"].method_id, spec.METHODS_BY_NAME["basic.get-ok"].method_id)
+)
+
+
+def _is_message(result: Any) -> bool:
+    return getattr(result, "method_id", None) in _MESSAGE_METHODS
+
+
 class Operation:
     """A synchronous AMQP operation: the method sent and the reply that answers it."""
 
@@ -214,6 +223,15 @@ class Client:
             close_transport=self._close_transport,
         )
         self.middleware = list(middleware)
+        self._chain: Any = None
+        if self.middleware:
+            from .tracing import Chain
+
+            self._chain = Chain(self, self.middleware)
+            if self._chain.frame_watchers:
+                self._conn.frame_tap = self._chain
+        #: (promise number, delivery tag) -> Delivery, for deliveries awaiting settlement (middleware only)
+        self._deliveries: dict[tuple[int, int], Any] = {}
         self._loop_break = False
         self.pubacks = pubacks
         self.client_properties = client_properties
@@ -266,6 +284,8 @@ class Client:
         """Close the connection (connection.close / close-ok); every pending promise fails."""
         session = self._session
         already = session.status == "closing"
+        if self._chain is not None and not already:
+            self._chain.close()
         promise = session.close(callback)
         if not already and session.status == "closing":
             self._set_deadline(time.monotonic() + CLOSE_TIMEOUT, "the broker did not answer connection.close")
@@ -341,12 +361,20 @@ class Client:
         session = self._session
         ready = session.ready
         take = session.take
+        chain = self._chain
         while ready:
             promise = ready.popleft()
             if not promise.results:
                 continue
+            state = promise.state
             result = take(promise)
-            if promise.callback is not None:
+            if chain is not None and promise.callback is not None and _is_message(result):
+                delivery = self._delivered(promise, state, result, "callback")
+                try:
+                    promise.callback(promise.number, result)
+                finally:
+                    chain.deliver_done(delivery)
+            elif promise.callback is not None:
                 promise.callback(promise.number, result)
 
     def _lookup(self, number: int) -> Promise:
@@ -394,14 +422,45 @@ class Client:
 
     def _deliver(self, promise: Promise, raise_errors: bool) -> Any:
         session = self._session
+        state = promise.state
         result = session.take(promise)
         if len(session.ready) > session.compact_at:
             session.compact_ready()
+        if self._chain is not None and _is_message(result):
+            delivery = self._delivered(promise, state, result, "callback" if promise.callback else "wait")
+            if promise.callback is not None:
+                try:
+                    promise.callback(promise.number, result)
+                finally:
+                    self._chain.deliver_done(delivery)
+            return result
         if promise.callback is not None:
             promise.callback(promise.number, result)
         if raise_errors and result.is_error:
             raise result.exception.with_traceback(None)
         return result
+
+    def _delivered(self, promise: Promise, state: Any, message: Any, style: str) -> Any:
+        """Tell the middleware a message reaches the application."""
+        from .tracing import Delivery
+
+        queue = None
+        no_ack = True
+        consumers = getattr(state, "consumers", None)
+        if consumers is not None:
+            no_ack = state.no_ack
+            tag = message.get("consumer_tag")
+            queue = next((c["queue"] for c in consumers if c["tag"] == tag), None)
+            if queue is None and len(consumers) == 1:
+                queue = consumers[0]["queue"]
+        elif isinstance(state, dict):  # basic_get
+            queue = state.get("queue")
+            no_ack = state.get("no_ack", False)
+        delivery = Delivery(self, message, promise.number, queue, no_ack, style)
+        if not no_ack:
+            self._deliveries[(promise.number, message["delivery_tag"])] = delivery
+        self._chain.deliver(delivery)
+        return delivery
 
     def wait_for_all(self, promise_list: Iterable[int], raise_errors: bool = True) -> list[Any]:
         """Wait for each promise in turn; returns their results."""
@@ -459,7 +518,36 @@ class Client:
         missing exchange), ``ConnectionBroken``.
         """
         session = self._session
+        if self._chain is not None:
+            return self._publish_observed(exchange, routing_key, body, headers, mandatory, callback)
         number = session.publish(exchange, routing_key, body, headers, mandatory, callback)
+        if self._conn._out_size > PUBLISH_HIGH_WATER:
+            self._drain()
+        return number
+
+    def _publish_observed(
+        self, exchange: str, routing_key: str, body: Any, headers: Any, mandatory: bool, callback: Any
+    ) -> int:
+        from .tracing import OutgoingPublish
+
+        session = self._session
+        if session.error is not None:
+            raise session._broken_error()
+        size = (
+            len(body.encode("utf-8")) if isinstance(body, str) else memoryview(body).nbytes if body is not None else 0
+        )
+        publish = OutgoingPublish(self, exchange, routing_key, dict(headers or {}), size, mandatory)
+        publish.promise = session.next_number
+        chain = self._chain
+        chain.publish(publish)
+        try:
+            number = session.publish(exchange, routing_key, body, publish.headers, mandatory, callback)
+        except Exception as exc:
+            from .promise import ErrorResult
+
+            chain.publish_done(publish, ErrorResult(exc))
+            raise
+        session.promises[number].observer = lambda promise, result: chain.publish_done(publish, result)
         if self._conn._out_size > PUBLISH_HIGH_WATER:
             self._drain()
         return number
@@ -518,19 +606,48 @@ class Client:
 
     def basic_get(self, queue: str, no_ack: bool = False, callback: Callback | None = None) -> int:
         """Fetch one message; the result has ``empty`` True when the queue had none."""
-        return self._check().get(queue, no_ack, callback)
+        session = self._check()
+        if self._chain is None:
+            return session.get(queue, no_ack, callback)
+        from .tracing import GetOperation
+
+        get = GetOperation(self, queue, no_ack)
+        get.promise = session.next_number
+        self._chain.get(get)
+        number = session.get(queue, no_ack, callback)
+        promise = session.promises[number]
+        promise.state = {"queue": queue, "no_ack": no_ack}
+        chain = self._chain
+        promise.observer = lambda promise, result: chain.get_done(get, result)
+        return number
 
     def basic_ack(self, msg_result: dict[str, Any], multiple: bool = False) -> None:
         """Acknowledge a delivered message (and, with ``multiple``, every earlier one of its consume)."""
         self._session.settle(msg_result, "ack", multiple=multiple)
+        if self._chain is not None:
+            self._settled(msg_result, "ack", multiple)
 
     def basic_reject(self, msg_result: dict[str, Any], requeue: bool = True) -> None:
         """Reject a delivered message, requeueing it by default."""
         self._session.settle(msg_result, "reject", requeue=requeue)
+        if self._chain is not None:
+            self._settled(msg_result, "reject", False)
 
     def basic_nack(self, msg_result: dict[str, Any], requeue: bool = True, multiple: bool = False) -> None:
         """Negatively acknowledge a delivered message (RabbitMQ's basic.nack)."""
         self._session.settle(msg_result, "nack", requeue=requeue, multiple=multiple)
+        if self._chain is not None:
+            self._settled(msg_result, "nack", multiple)
+
+    def _settled(self, message: dict[str, Any], verb: str, multiple: bool) -> None:
+        number, tag = message["promise_number"], message["delivery_tag"]
+        if multiple:
+            keys = [key for key in self._deliveries if key[0] == number and key[1] <= tag]
+        else:
+            keys = [(number, tag)]
+        for key in keys:
+            delivery = self._deliveries.pop(key, None)
+            self._chain.settle(delivery, delivery.message if delivery is not None else message, verb)
 
     # --- the simple operations (see OPERATIONS) --------------------------------------------------
 

@@ -90,6 +90,8 @@ class Connection:
         self.last_recv = now
         self.last_send = now
         self.bytes_received = 0
+        #: middleware chain that watches frames (None: nobody does)
+        self.frame_tap: Any = None
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -211,6 +213,8 @@ class Connection:
                 )
                 return
             if frames:
+                if self.frame_tap is not None:
+                    self.frame_tap.frames_in(frames)
                 try:
                     self._dispatch(frames)
                 except DecodeError as exc:
@@ -295,6 +299,8 @@ class Connection:
         """Queue bytes for the peer (written when possible)."""
         if self.state is CLOSED:
             raise self.error or ConnectionBroken("connection closed")
+        if self.frame_tap is not None:
+            self.frame_tap.bytes_out(data)
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= WRITE_EAGERLY and self.state is OPEN:
@@ -305,6 +311,9 @@ class Connection:
         if self.state is CLOSED:
             raise self.error or ConnectionBroken("connection closed")
         out = self._out
+        if self.frame_tap is not None:
+            for data in buffers:
+                self.frame_tap.bytes_out(data)
         for data in buffers:
             out.append(data)
             self._out_size += len(data)
@@ -349,8 +358,7 @@ class Connection:
                 )
                 return
             if now - self.last_send >= self.heartbeat / 2:
-                self._out.append(HEARTBEAT)
-                self._out_size += len(HEARTBEAT)
+                self.send(HEARTBEAT)
                 self.on_write()
                 if self._out_size:
                     # Could not write (peer not reading): a heartbeat is queued; do not

@@ -282,6 +282,8 @@ class Session:
         else:
             promise.results.append(result)
         self.ready.append(promise)
+        if promise.observer is not None:
+            promise.observer(promise, result)
 
     def fail(self, promise: Promise, exc: BaseException, fields: dict[str, Any] | None = None) -> None:
         self.resolve(promise, ErrorResult(exc, fields))
@@ -856,6 +858,8 @@ class Session:
                     promise.final = True
                     promise.results = [Result()]
                     ready.append(promise)
+                    if promise.observer is not None:
+                        promise.observer(promise, promise.results[0])
                 elif returned:
                     returned.discard(t)
             self.pub_low = tag + 1
@@ -870,6 +874,8 @@ class Session:
             promise.final = True
             promise.results = [Result()]
             self.ready.append(promise)
+            if promise.observer is not None:
+                promise.observer(promise, promise.results[0])
 
     def _on_nack(self, channel: Channel, method: Any) -> None:
         tag = method["delivery_tag"]

@@ -62,7 +62,7 @@ class ErrorResult(Result):
 class Promise:
     """One operation's state: results waiting, callback, channel, machine data."""
 
-    __slots__ = ("number", "callback", "channel", "results", "final", "tag", "state", "on_release", "held")
+    __slots__ = ("number", "callback", "channel", "results", "final", "tag", "state", "on_release", "held", "observer")
 
     def __init__(self, number: int, callback: Callback | None = None) -> None:
         self.number = number
@@ -80,6 +80,8 @@ class Promise:
         self.on_release: Callable[[Promise], None] | None = None
         #: messages of this promise not yet acknowledged (keep the channel)
         self.held = 0
+        #: called with (promise, result) when the final result arrives (middleware)
+        self.observer: Callable[[Promise, Any], None] | None = None
 
     def __repr__(self) -> str:
         return "<Promise %d%s%s>" % (
