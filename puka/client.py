@@ -19,7 +19,6 @@ public method only orders its arguments for that method.
 
 from __future__ import annotations
 
-import ssl
 import time
 
 from . import spec
@@ -30,6 +29,7 @@ from .urls import parse_amqp_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterable
     from typing import Any
 
@@ -112,6 +112,8 @@ class SslConnectionParameters:
         self.verify = value
 
     def make_context(self) -> ssl.SSLContext:
+        import ssl
+
         if self.context is not None:
             return self.context
         context = ssl.create_default_context(cafile=self.ca_certs)
@@ -126,6 +128,8 @@ class SslConnectionParameters:
 
 
 def _ssl_context(ssl_parameters: Any, options: dict[str, Any]) -> ssl.SSLContext:
+    import ssl
+
     if isinstance(ssl_parameters, ssl.SSLContext):
         return ssl_parameters
     if ssl_parameters is None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import socket
 import time
 from collections import deque
 
@@ -97,6 +96,8 @@ class Connection:
 
     def open(self) -> None:
         """Start connecting (non-blocking); progress happens in on_read/on_write."""
+        import socket
+
         try:
             infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
         except OSError as exc:
@@ -122,6 +123,8 @@ class Connection:
 
     def _connected(self) -> None:
         """The TCP connect finished (socket writable)."""
+        import socket
+
         code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._fail("cannot connect to %s: %s" % (self._where(), os.strerror(code)))

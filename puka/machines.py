@@ -39,8 +39,6 @@ through ``send``/``send_many`` callables, and is told when the transport dies
 
 from __future__ import annotations
 
-import logging
-import platform
 import sys
 import time
 from collections import deque
@@ -59,7 +57,17 @@ if TYPE_CHECKING:
     from .framing import Buffer, Frame
     from .promise import Callback
 
-log = logging.getLogger("puka")
+
+class _LazyLogger:
+    """The 'puka' logger, imported on first use: logging is not needed to start."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("puka"), name)
+
+
+log: Any = _LazyLogger()
 
 M = spec.METHODS_BY_NAME
 _unpack_method_id = Struct(">I").unpack_from
@@ -542,7 +550,7 @@ class Session:
         props: dict[str, Any] = {
             "product": "puka",
             "version": _product_version(),
-            "platform": "Python %s (%s)" % (platform.python_version(), sys.platform),
+            "platform": "Python %d.%d.%d (%s)" % (sys.version_info[:3] + (sys.platform,)),
             "information": "https://pypi.org/project/puka/",
             "capabilities": {
                 "publisher_confirms": True,

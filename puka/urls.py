@@ -20,8 +20,6 @@ The password never appears in a repr or an error message.
 
 from __future__ import annotations
 
-import urllib.parse
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -72,6 +70,8 @@ class ConnectionParameters:
 
     def redacted_url(self) -> str:
         """The URL with the password replaced by ``***``."""
+        import urllib.parse
+
         host = "[%s]" % self.host if ":" in self.host else self.host
         user = urllib.parse.quote(self.username, safe="")
         vhost = urllib.parse.quote(self.vhost, safe="")
@@ -87,6 +87,8 @@ class ConnectionParameters:
 
 def parse_amqp_url(url: str) -> ConnectionParameters:
     """Parse an ``amqp://`` or ``amqps://`` URL; ValueError when it is not one."""
+    import urllib.parse
+
     if not isinstance(url, str):
         raise TypeError("the AMQP URL must be a str, not %s" % type(url).__name__)
     scheme, sep, rest = url.partition("://")
@@ -136,6 +138,8 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
 
 
 def _unquote(value: str) -> str:
+    import urllib.parse
+
     return urllib.parse.unquote(value, errors="strict")
 
 
