@@ -21,6 +21,7 @@ from .exceptions import (
     ConnectionBroken,
     ConsumerCancelled,
     FrameTooLarge,
+    PromiseFinished,
     PublishNacked,
     UnsupportedProtocol,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ConnectionBroken",
     "ConsumerCancelled",
     "FrameTooLarge",
+    "PromiseFinished",
     "PublishNacked",
     "UnsupportedProtocol",
     *sorted(cls.__name__ for cls in _ERRORS.values()),

@@ -23,7 +23,7 @@ import time
 
 from . import spec
 from .connection import OPEN, Connection
-from .exceptions import ConnectionBroken
+from .exceptions import ConnectionBroken, PromiseFinished
 from .machines import MAX_MESSAGE_SIZE, Session
 from .urls import parse_amqp_url
 
@@ -416,6 +416,8 @@ class Client:
             for promise in promises:
                 if promise.results:
                     return self._deliver(promise, raise_errors)
+                if promise.final and promise.number not in session.promises:
+                    raise PromiseFinished(promise.number)
             if deadline is None:
                 remaining = None
             else:

@@ -91,6 +91,8 @@ class Connection:
         self.bytes_received = 0
         #: middleware chain that watches frames (None: nobody does)
         self.frame_tap: Any = None
+        #: called when data is queued into an empty send buffer (event-loop adapters)
+        self.wakeup: Callable[[], None] | None = None
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -304,6 +306,8 @@ class Connection:
             raise self.error or ConnectionBroken("connection closed")
         if self.frame_tap is not None:
             self.frame_tap.bytes_out(data)
+        if not self._out_size and self.wakeup is not None:
+            self.wakeup()
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size >= WRITE_EAGERLY and self.state is OPEN:
@@ -317,6 +321,8 @@ class Connection:
         if self.frame_tap is not None:
             for data in buffers:
                 self.frame_tap.bytes_out(data)
+        if not self._out_size and self.wakeup is not None:
+            self.wakeup()
         for data in buffers:
             out.append(data)
             self._out_size += len(data)

@@ -98,6 +98,14 @@ class ConsumerCancelled(AMQPError):
     """The broker cancelled a consumer (its queue was deleted, or the node went away)."""
 
 
+class PromiseFinished(ValueError):
+    """``wait`` on a promise that ended without a further result (e.g. a cancelled consume)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__("promise %d finished without a further result" % number)
+        self.number = number
+
+
 class ConnectionBroken(OSError):
     """The connection is lost, or the peer violated the protocol.
 
@@ -120,6 +128,7 @@ __all__ = [
     "AMQPHardError",
     "PublishNacked",
     "ConsumerCancelled",
+    "PromiseFinished",
     "ConnectionBroken",
     "UnsupportedProtocol",
     "FrameTooLarge",
