@@ -403,7 +403,7 @@ class Client:
                 promise = self._lookup(promise_numbers)  # type: ignore[arg-type]
             if promise.results:
                 return self._deliver(promise, raise_errors)
-            promises = (promise,)
+            promises: tuple[Promise, ...] = (promise,)
         else:
             promises = tuple(self._lookup(n) for n in promise_numbers)  # type: ignore[union-attr]
             if not promises:

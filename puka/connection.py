@@ -286,7 +286,7 @@ class Connection:
     def _coalesce(self) -> bytes:
         """Join small buffers at the head of the queue into one (leaves it at the head)."""
         out = self._out
-        parts = []
+        parts: list[Buffer] = []
         total = 0
         while out and total < SEND_CHUNK:
             head = out[0]

@@ -222,7 +222,7 @@ class Session:
         self._set_heartbeat = set_heartbeat or (lambda interval: None)
         self._set_frame_max = set_frame_max or (lambda size: None)
         self._set_deadline = set_deadline or (lambda when, why: None)
-        self._close_transport = close_transport or (lambda exc, flush=False: None)
+        self._close_transport: Callable[[ConnectionBroken, bool], None] = close_transport or _no_transport
 
         self.promises: dict[int, Promise] = {}
         #: promises with results waiting, once per result (stale entries are skipped)
@@ -1190,6 +1190,10 @@ class Session:
 
 
 def _ignore(channel: Channel, method: Any) -> None:
+    pass
+
+
+def _no_transport(exc: ConnectionBroken, flush: bool = False) -> None:
     pass
 
 

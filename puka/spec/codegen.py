@@ -28,7 +28,7 @@ import sys
 from . import model as spec_model
 
 try:  # the bare C module: importing hashlib would load OpenSSL at every start
-    from _sha256 import sha256
+    from _sha256 import sha256  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover
     from hashlib import sha256
 

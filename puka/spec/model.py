@@ -43,7 +43,7 @@ def spec_paths() -> list[str]:
 
 def parse(paths: list[str] | None = None) -> Model:
     """Parse and merge the XML files into the model."""
-    from lxml import etree
+    from lxml import etree  # type: ignore[import-untyped]
 
     if paths is None:
         paths = spec_paths()

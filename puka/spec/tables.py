@@ -351,7 +351,7 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
     """Encode a dict as an AMQP field table (length-prefixed)."""
     if not table:
         return b"\x00\x00\x00\x00"
-    parts = []
+    parts: list[bytes] = []
     append = parts.append
     encoders = _ENCODERS
     keys = _ENCODED_KEYS

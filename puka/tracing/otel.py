@@ -1,0 +1,851 @@
+"""OpenTelemetry for puka: spans, metrics and trace context, per the messaging semantic conventions 1.44.
+
+Theory of operation: :class:`OpenTelemetryMiddleware` is a :class:`puka.tracing.Middleware`;
+the client calls its hooks and it turns them into telemetry following the OpenTelemetry
+messaging semantic conventions (schema https://opentelemetry.io/schemas/1.44.0) and their
+RabbitMQ page:
+
+``publish {destination}``, PRODUCER
+    started when ``basic_publish`` is called, ended when the broker settles the message (the
+    publisher confirm), so it covers the round trip.  A failure -- ``NoRoute`` (a mandatory
+    message returned), ``PublishNacked``, a channel error such as ``NotFound`` (missing
+    exchange), ``ConnectionBroken`` or an encoding error -- sets status ERROR and ``error.type``
+    to the exception's class name.  Its context is the message's *creation context*: it is
+    injected into the message headers (W3C ``traceparent``/``tracestate`` with the default
+    propagator).  A creation context the caller already put in the headers is kept as it is and
+    linked from the publish span instead.
+``process {destination}``, CONSUMER
+    one per message handed to the application by a consume promise (prefetched messages get
+    none until then).  It links to the creation context found in the message headers; its
+    parent is that creation context when no span is active (``process_parent='creation'``, the
+    default), else the active span.  ``process_parent='ambient'`` never uses the creation
+    context as parent; ``'creation-always'`` always does and then also links the active span.
+    With a callback the span is current inside the callback and ends when it returns (status
+    ERROR if it raised).  With ``wait`` it starts when ``wait`` returns the message and ends
+    when the message is settled -- or, with ``no_ack``, at the next delivery of the same
+    consume promise -- or at the latest when the client closes.  Messages from ``basic_get``
+    get no process span: their ``receive`` span covers them.
+``ack|nack|reject {destination}``, CLIENT (``messaging.operation.type`` ``settle``)
+    one per settled message, child of the message's process span (else of the active span,
+    linking the creation context).
+``receive {queue}``, CLIENT
+    one per ``basic_get``, from the call to the broker's answer; links the creation context of
+    the message it got.
+
+Destinations (``messaging.destination.name``) follow the RabbitMQ conventions: on the
+producer side ``{exchange}:{routing key}``, or the one that is not empty, or ``amq.default``;
+on the consumer side ``{exchange}:{routing key}:{queue}`` without the empty parts, and with only
+one of routing key and queue when they are equal.  Server-named queues (``amq.gen-*``, direct
+reply-to) make a destination anonymous: ``messaging.destination.anonymous`` is true and the
+span name uses ``messaging.destination.template``, where each generated name is replaced by
+``(anonymous)``.
+
+Metrics: ``messaging.client.operation.duration`` (publish, receive, settle) and
+``messaging.process.duration`` (histograms in seconds, equal to the span durations),
+``messaging.client.sent.messages`` (once per settled publish, with ``error.type`` when it failed)
+and ``messaging.client.consumed.messages`` (once per message delivered or got).  Their
+attributes are kept low-cardinality: the destination is ``messaging.destination.name`` only
+when it names an exchange or a queue; otherwise ``messaging.destination.template`` replaces the
+routing key of a named exchange by ``{routing_key}`` and generated queue names by
+``(anonymous)``.  Routing keys, delivery tags and message ids are never metric attributes.
+
+Errors reported in ``error.type``: the class name of puka's exception -- one of the AMQP reply
+code classes (``NoRoute``, ``NotFound``, ``AccessRefused``...), ``PublishNacked``,
+``ConnectionBroken`` (or a subclass) -- or of the exception a callback raised.
+
+Under ``opentelemetry.instrumentation.utils.suppress_instrumentation()`` nothing is recorded,
+but the active context is still injected into published messages.  With no SDK configured
+(``tracer_provider=None`` and no global provider) no span is started at all.
+
+:class:`PukaInstrumentor` (needs ``opentelemetry-instrumentation``) adds the middleware to every
+``puka.Client`` created while it is on, for ``opentelemetry-instrument``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+import time
+
+try:
+    from opentelemetry import context as _context
+    from opentelemetry import metrics as _metrics
+    from opentelemetry import trace as _trace
+    from opentelemetry.propagate import get_global_textmap
+    from opentelemetry.propagators.textmap import Getter, Setter
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("puka.tracing.otel needs the OpenTelemetry API: pip install 'puka[otel]' (%s)" % exc) from exc
+
+from .. import __version__
+from . import Middleware
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from . import Delivery, GetOperation, OutgoingPublish
+
+log = logging.getLogger("puka.tracing")
+
+#: The semantic conventions these spans and metrics follow.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+#: The instrumentation scope of the tracer and the meter.
+SCOPE = "puka.tracing.otel"
+#: Advisory bucket boundaries of the duration histograms (seconds), from the conventions.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+#: What replaces a generated queue name in templates and span names.
+ANONYMOUS = "(anonymous)"
+#: What replaces the routing key of a named exchange in metric destinations.
+ROUTING_KEY_TEMPLATE = "{routing_key}"
+#: ``process_parent`` values.
+PROCESS_PARENTS = ("creation", "ambient", "creation-always")
+
+# Attribute names (messaging semantic conventions 1.44).
+MESSAGING_SYSTEM = "messaging.system"
+OPERATION_NAME = "messaging.operation.name"
+OPERATION_TYPE = "messaging.operation.type"
+DESTINATION_NAME = "messaging.destination.name"
+DESTINATION_TEMPLATE = "messaging.destination.template"
+DESTINATION_ANONYMOUS = "messaging.destination.anonymous"
+ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
+DELIVERY_TAG = "messaging.rabbitmq.message.delivery_tag"
+MESSAGE_ID = "messaging.message.id"
+CONVERSATION_ID = "messaging.message.conversation_id"
+BODY_SIZE = "messaging.message.body.size"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+ERROR_TYPE = "error.type"
+HEADER_PREFIX = "messaging.header."
+
+_SUPPRESS_KEY = getattr(_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
+_SUPPRESS_KEY_PLAIN = "suppress_instrumentation"  # older opentelemetry-instrumentation
+_get_current = _context.get_current
+_time_ns = time.time_ns
+_CACHE_MAX = 1024
+
+
+def _suppressed(ctx: Any) -> bool:
+    return bool(ctx) and bool(ctx.get(_SUPPRESS_KEY) or ctx.get(_SUPPRESS_KEY_PLAIN))
+
+
+def _is_generated(name: str | None) -> bool:
+    """A server-named queue (``amq.gen-...``) or a direct reply-to pseudo-queue."""
+    return bool(name) and (name.startswith("amq.gen-") or name.startswith("amq.rabbitmq.reply-to"))  # type: ignore[union-attr]
+
+
+class _HeadersGetter(Getter):  # type: ignore[type-arg]
+    """Reads propagation fields from AMQP headers, whose values may be str or bytes."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if value is None:
+            return None
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            try:
+                value = bytes(value).decode("ascii")
+            except UnicodeDecodeError:
+                return None
+        elif not isinstance(value, str):
+            return None
+        return [value]
+
+    def keys(self, carrier: Any) -> list[str]:
+        return [key for key in carrier if isinstance(key, str)]
+
+
+class _HeadersSetter(Setter):  # type: ignore[type-arg]
+    def set(self, carrier: Any, key: str, value: str) -> None:
+        carrier[key] = value
+
+
+_getter = _HeadersGetter()
+_setter = _HeadersSetter()
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
+def _attribute_value(value: Any) -> Any:
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _error_type(exc: BaseException | None) -> str:
+    return type(exc).__qualname__ if exc is not None else "_OTHER"
+
+
+class _Destination:
+    """Everything about one destination of one operation that does not change per message:
+    the span name and creation-time attributes, the metric attribute sets."""
+
+    __slots__ = ("span_name", "span_attributes", "duration_attributes", "count_attributes", "_errors")
+
+    def __init__(
+        self,
+        operation: str,
+        operation_type: str,
+        parts: list[tuple[str, str]],
+        routing_key: str,
+        server: tuple[str, int],
+    ) -> None:
+        """``parts`` are the destination's (role, value) pairs, empty ones already left out."""
+        if parts:
+            name = ":".join(value for _, value in parts)
+        else:
+            name = "amq.default"
+        anonymous = any(_is_generated(value) for role, value in parts if role != "exchange")
+        template = ":".join(ANONYMOUS if _is_generated(v) and r != "exchange" else v for r, v in parts) or name
+        attributes: dict[str, Any] = {
+            MESSAGING_SYSTEM: "rabbitmq",
+            OPERATION_NAME: operation,
+            OPERATION_TYPE: operation_type,
+            DESTINATION_NAME: name,
+        }
+        if anonymous:
+            attributes[DESTINATION_ANONYMOUS] = True
+            attributes[DESTINATION_TEMPLATE] = template
+        if routing_key:
+            attributes[ROUTING_KEY] = routing_key
+        host, port = server
+        if host:
+            attributes[SERVER_ADDRESS] = host
+        if port:
+            attributes[SERVER_PORT] = port
+        self.span_name = "%s %s" % (operation, template if anonymous else name)
+        self.span_attributes = attributes
+
+        # Metrics: low cardinality only.  A routing key routed by a named exchange is masked; with
+        # the default exchange (no exchange part) it is a queue name and is kept.
+        has_exchange = any(role == "exchange" for role, _ in parts)
+        masked = False
+        metric_parts = []
+        for role, value in parts:
+            if role != "exchange" and _is_generated(value):
+                value, masked = ANONYMOUS, True
+            elif role == "routing_key" and has_exchange:
+                value, masked = ROUTING_KEY_TEMPLATE, True
+            metric_parts.append(value)
+        metric: dict[str, Any] = {MESSAGING_SYSTEM: "rabbitmq", OPERATION_NAME: operation}
+        if masked:
+            metric[DESTINATION_TEMPLATE] = ":".join(metric_parts)
+        else:
+            metric[DESTINATION_NAME] = name
+        if host:
+            metric[SERVER_ADDRESS] = host
+        if port:
+            metric[SERVER_PORT] = port
+        self.count_attributes = metric
+        duration = dict(metric)
+        duration[OPERATION_TYPE] = operation_type
+        self.duration_attributes = duration
+        self._errors: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def failed(self, error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The (duration, count) metric attributes of a failed operation."""
+        pair = self._errors.get(error_type)
+        if pair is None:
+            duration = dict(self.duration_attributes)
+            duration[ERROR_TYPE] = error_type
+            count = dict(self.count_attributes)
+            count[ERROR_TYPE] = error_type
+            pair = self._errors[error_type] = (duration, count)
+        return pair
+
+
+def _producer_parts(exchange: str, routing_key: str) -> list[tuple[str, str]]:
+    parts = []
+    if exchange:
+        parts.append(("exchange", exchange))
+    if routing_key:
+        parts.append(("routing_key", routing_key))
+    return parts
+
+
+def _consumer_parts(exchange: str, routing_key: str, queue: str | None) -> list[tuple[str, str]]:
+    parts = _producer_parts(exchange, routing_key)
+    if queue and queue != routing_key:
+        parts.append(("queue", queue))
+    return parts
+
+
+class _Operation:
+    """A span in progress (or only its timing, when tracing is off)."""
+
+    __slots__ = ("span", "start", "destination", "token", "exc_before", "style", "ended", "key")
+
+    def __init__(self, span: Any, start: int, destination: _Destination) -> None:
+        self.span = span
+        self.start = start
+        self.destination = destination
+        self.token: Any = None
+        self.exc_before: BaseException | None = None
+        self.style = ""
+        self.ended = False
+        self.key: Any = None
+
+
+def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("OpenTelemetry hook %r failed (ignored)", hook)
+
+
+class OpenTelemetryMiddleware(Middleware):
+    """Traces and measures a client's messaging with OpenTelemetry (see the module doc).
+
+    ``tracer_provider``, ``meter_provider``
+        where spans and metrics go; None uses the global ones (set later or never).
+    ``propagator``
+        a ``TextMapPropagator`` for the message headers; None uses the global one
+        (``opentelemetry.propagate``), W3C trace context and baggage by default.
+    ``publish_hook(span, publish)``, ``consume_hook(span, delivery)``, ``settle_hook(span, delivery)``
+        called once the span has started and has its attributes, only for recording spans;
+        ``publish`` is the :class:`~puka.tracing.OutgoingPublish` (headers may be changed),
+        ``delivery`` the :class:`~puka.tracing.Delivery` (None in settle_hook for a message
+        the middleware did not see delivered).  Their exceptions are logged and ignored.
+    ``capture_headers``
+        names of message headers recorded as ``messaging.header.<name>`` attributes on publish
+        and process spans (opt-in: headers may hold personal data).
+    ``process_parent``
+        ``'creation'`` (default), ``'ambient'`` or ``'creation-always'``: see the module doc.
+    ``record_body_size``
+        record ``messaging.message.body.size`` (an opt-in attribute of the conventions).
+    """
+
+    def __init__(
+        self,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        propagator: Any = None,
+        *,
+        publish_hook: Callable[[Any, OutgoingPublish], Any] | None = None,
+        consume_hook: Callable[[Any, Delivery], Any] | None = None,
+        settle_hook: Callable[[Any, Delivery | None], Any] | None = None,
+        capture_headers: Iterable[str] = (),
+        process_parent: str = "creation",
+        record_body_size: bool = True,
+    ) -> None:
+        if process_parent not in PROCESS_PARENTS:
+            raise ValueError("process_parent must be one of %s, not %r" % (", ".join(PROCESS_PARENTS), process_parent))
+        if isinstance(capture_headers, str):
+            raise TypeError("capture_headers takes a list of header names, not a string")
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.propagator = propagator
+        self.publish_hook = publish_hook
+        self.consume_hook = consume_hook
+        self.settle_hook = settle_hook
+        self.capture_headers = tuple((name, HEADER_PREFIX + name) for name in capture_headers)
+        self.process_parent = process_parent
+        self.record_body_size = record_body_size
+        self._tracer = _trace.get_tracer(SCOPE, __version__, tracer_provider, schema_url=SCHEMA_URL)
+        # With an explicit provider the question "is tracing off?" has a fixed answer.
+        self._tracing_fixed: bool | None = None
+        if tracer_provider is not None:
+            self._tracing_fixed = not isinstance(tracer_provider, _trace.NoOpTracerProvider)
+        meter = _metrics.get_meter(SCOPE, __version__, meter_provider, schema_url=SCHEMA_URL)
+        self._operation_duration = meter.create_histogram(
+            "messaging.client.operation.duration",
+            unit="s",
+            description="Duration of messaging operation initiated by a producer or consumer client.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._process_duration = meter.create_histogram(
+            "messaging.process.duration",
+            unit="s",
+            description="Duration of processing operation.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._sent_messages = meter.create_counter(
+            "messaging.client.sent.messages",
+            unit="{message}",
+            description="Number of messages producer attempted to send to the broker.",
+        )
+        self._consumed_messages = meter.create_counter(
+            "messaging.client.consumed.messages",
+            unit="{message}",
+            description="Number of messages that were delivered to the application.",
+        )
+        self._publish_destinations: dict[tuple[Any, ...], _Destination] = {}
+        self._consume_destinations: dict[tuple[Any, ...], _Destination] = {}
+        self._fields: tuple[Any, frozenset[str]] = (None, frozenset())
+        #: wait-style process spans not ended yet: id(client) -> {key: _Operation}
+        self._open: dict[int, dict[Any, _Operation]] = {}
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _tracing(self) -> bool:
+        """Whether spans can be recorded at all (cheap: no span is started when not)."""
+        fixed = self._tracing_fixed
+        if fixed is not None:
+            return fixed
+        provider = _trace.get_tracer_provider()
+        return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
+
+    def _propagator(self) -> Any:
+        return self.propagator if self.propagator is not None else get_global_textmap()
+
+    def _trace_fields(self, propagator: Any) -> frozenset[str]:
+        """The header names that carry a creation context with this propagator (not baggage)."""
+        cached, fields = self._fields
+        if cached is not propagator:
+            fields = frozenset(field for field in propagator.fields if field != "baggage")
+            self._fields = (propagator, fields)
+        return fields
+
+    def _extract(self, headers: Any, propagator: Any = None) -> Any:
+        """The creation context in a message's headers: (context, span context) or (None, None)."""
+        if not headers:
+            return None, None
+        if propagator is None:
+            propagator = self._propagator()
+        try:
+            ctx = propagator.extract(headers, context=_context.Context(), getter=_getter)
+        except Exception:
+            log.debug("could not extract a trace context from %r", headers, exc_info=True)
+            return None, None
+        span_context = _trace.get_current_span(ctx).get_span_context()
+        if not span_context.is_valid:
+            return None, None
+        return ctx, span_context
+
+    def _server(self, client: Any) -> tuple[str, int]:
+        params = getattr(client, "params", None)
+        return (getattr(params, "host", "") or "", getattr(params, "port", 0) or 0)
+
+    def _publish_destination(self, client: Any, exchange: str, routing_key: str) -> _Destination:
+        params = client.params
+        key = (params.host, params.port, exchange, routing_key)
+        destination = self._publish_destinations.get(key)
+        if destination is None:
+            destination = _Destination(
+                "publish", "send", _producer_parts(exchange, routing_key), routing_key, (params.host, params.port)
+            )
+            if len(self._publish_destinations) >= _CACHE_MAX:
+                self._publish_destinations.clear()
+            self._publish_destinations[key] = destination
+        return destination
+
+    def _consume_destination(
+        self, client: Any, operation: str, exchange: str, routing_key: str, queue: str | None
+    ) -> _Destination:
+        server = self._server(client)
+        key = (server, operation, exchange, routing_key, queue)
+        destination = self._consume_destinations.get(key)
+        if destination is None:
+            if operation == "receive":
+                parts: list[tuple[str, str]] = [("queue", queue)] if queue else []
+                operation_type = "receive"
+            else:
+                parts = _consumer_parts(exchange, routing_key, queue)
+                operation_type = "process" if operation == "process" else "settle"
+            destination = _Destination(operation, operation_type, parts, routing_key, server)
+            if len(self._consume_destinations) >= _CACHE_MAX:
+                self._consume_destinations.clear()
+            self._consume_destinations[key] = destination
+        return destination
+
+    def _message_attributes(self, span: Any, message: Any, headers: Any, delivery_tag: bool = True) -> None:
+        if delivery_tag:
+            tag = message.get("delivery_tag")
+            if tag is not None:
+                span.set_attribute(DELIVERY_TAG, tag)
+        if headers:
+            message_id = headers.get("message_id")
+            if message_id is not None:
+                span.set_attribute(MESSAGE_ID, _text(message_id))
+            correlation_id = headers.get("correlation_id")
+            if correlation_id is not None:
+                span.set_attribute(CONVERSATION_ID, _text(correlation_id))
+        if self.record_body_size:
+            body = message.get("body")
+            if body is not None:
+                span.set_attribute(BODY_SIZE, len(body))
+
+    def _capture(self, span: Any, headers: Any) -> None:
+        if headers:
+            for name, attribute in self.capture_headers:
+                value = headers.get(name)
+                if value is not None:
+                    span.set_attribute(attribute, _attribute_value(value))
+
+    @staticmethod
+    def _fail(span: Any, exc: BaseException | None, error_type: str) -> None:
+        if span is not None and span.is_recording():
+            span.set_attribute(ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, str(exc) if exc is not None else error_type))
+
+    # --- publish -----------------------------------------------------------------------------------
+
+    def on_publish(self, publish: OutgoingPublish) -> None:
+        ctx = _get_current()
+        headers = publish.headers
+        propagator = self._propagator()
+        fields = self._trace_fields(propagator)
+        custom = False
+        if headers:
+            for field in fields:
+                if field in headers:
+                    custom = True
+                    break
+        if _suppressed(ctx):
+            if not custom:
+                propagator.inject(headers, context=ctx, setter=_setter)
+            return
+        destination = self._publish_destination(publish.client, publish.exchange, publish.routing_key)
+        start = _time_ns()
+        span = None
+        if self._tracing():
+            links = None
+            if custom:
+                _, creation = self._extract(headers, propagator)
+                if creation is not None:
+                    links = [Link(creation)]
+            span = self._tracer.start_span(
+                destination.span_name,
+                context=ctx,
+                kind=SpanKind.PRODUCER,
+                attributes=destination.span_attributes,
+                links=links,
+                start_time=start,
+            )
+            if span.is_recording():
+                if headers:
+                    message_id = headers.get("message_id")
+                    if message_id is not None:
+                        span.set_attribute(MESSAGE_ID, _text(message_id))
+                    correlation_id = headers.get("correlation_id")
+                    if correlation_id is not None:
+                        span.set_attribute(CONVERSATION_ID, _text(correlation_id))
+                    if self.capture_headers:
+                        self._capture(span, headers)
+                if self.record_body_size:
+                    span.set_attribute(BODY_SIZE, publish.body_size)
+                _call_hook(self.publish_hook, span, publish)
+            if not custom:
+                if span.get_span_context().is_valid:
+                    propagator.inject(headers, context=_trace.set_span_in_context(span, ctx), setter=_setter)
+                elif ctx:
+                    propagator.inject(headers, context=ctx, setter=_setter)
+        elif not custom and ctx:
+            # No tracing: still pass the active context on (nothing to pass when there is none).
+            propagator.inject(headers, context=ctx, setter=_setter)
+        publish.context[self] = _Operation(span, start, destination)
+
+    def on_publish_done(self, publish: OutgoingPublish, result: Any) -> None:
+        operation = publish.context.pop(self, None)
+        if operation is None:
+            return
+        end = _time_ns()
+        destination = operation.destination
+        span = operation.span
+        if result.is_error:
+            exc = result.exception
+            error_type = _error_type(exc)
+            self._fail(span, exc, error_type)
+            duration_attributes, count_attributes = destination.failed(error_type)
+        else:
+            duration_attributes = destination.duration_attributes
+            count_attributes = destination.count_attributes
+        if span is not None:
+            span.end(end)
+        self._operation_duration.record((end - operation.start) / 1e9, duration_attributes)
+        self._sent_messages.add(1, count_attributes)
+
+    # --- consume -----------------------------------------------------------------------------------
+
+    def on_deliver(self, delivery: Delivery) -> None:
+        message = delivery.message
+        if "consumer_tag" not in message:
+            return  # a basic.get result: its receive span and count are done in on_get_done
+        client = delivery.client
+        client_id = id(client)
+        if delivery.no_ack:
+            open_ = self._open.get(client_id)
+            if open_:
+                previous = open_.pop(("no_ack", delivery.promise), None)
+                if previous is not None:
+                    self._end_process(previous)
+        ctx = _get_current()
+        if _suppressed(ctx):
+            return
+        destination = self._consume_destination(
+            client, "process", message.get("exchange") or "", message.get("routing_key") or "", delivery.queue
+        )
+        self._consumed_messages.add(1, destination.count_attributes)
+        start = _time_ns()
+        span = None
+        parent = ctx
+        if self._tracing():
+            headers = message.get("headers")
+            creation_ctx, creation = self._extract(headers)
+            links = None
+            if creation is not None:
+                links = [Link(creation)]
+                mode = self.process_parent
+                if mode != "ambient":
+                    ambient = _trace.get_current_span(ctx).get_span_context()
+                    if mode == "creation-always":
+                        parent = creation_ctx
+                        if ambient.is_valid:
+                            links.append(Link(ambient))
+                    elif not ambient.is_valid:
+                        parent = creation_ctx
+            span = self._tracer.start_span(
+                destination.span_name,
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=destination.span_attributes,
+                links=links,
+                start_time=start,
+            )
+            if span.is_recording():
+                self._message_attributes(span, message, headers)
+                if self.capture_headers:
+                    self._capture(span, headers)
+                _call_hook(self.consume_hook, span, delivery)
+        operation = _Operation(span, start, destination)
+        operation.style = delivery.style
+        delivery.context[self] = operation
+        if delivery.style == "callback":
+            operation.exc_before = sys.exc_info()[1]
+            if span is not None:
+                operation.token = _context.attach(_trace.set_span_in_context(span, parent))
+        else:
+            key = ("no_ack", delivery.promise) if delivery.no_ack else (delivery.promise, message.get("delivery_tag"))
+            operation.key = key
+            self._open.setdefault(client_id, {})[key] = operation
+
+    def on_deliver_done(self, delivery: Delivery) -> None:
+        operation = delivery.context.get(self)
+        if operation is None or operation.ended:
+            return
+        exc = sys.exc_info()[1]
+        if exc is not None and exc is not operation.exc_before:
+            self._end_process(operation, exc)
+        else:
+            self._end_process(operation)
+
+    def _end_process(self, operation: _Operation, exc: BaseException | None = None) -> None:
+        if operation.ended:
+            return
+        operation.ended = True
+        end = _time_ns()
+        token, operation.token = operation.token, None
+        if token is not None:
+            try:
+                _context.detach(token)
+            except Exception:
+                log.debug("could not detach the process span's context", exc_info=True)
+        destination = operation.destination
+        if exc is not None:
+            error_type = _error_type(exc)
+            self._fail(operation.span, exc, error_type)
+            attributes = destination.failed(error_type)[1]
+        else:
+            attributes = destination.count_attributes
+        if operation.span is not None:
+            operation.span.end(end)
+        self._process_duration.record((end - operation.start) / 1e9, attributes)
+
+    # --- settle ------------------------------------------------------------------------------------
+
+    def on_settle(self, delivery: Delivery | None, message: dict[str, Any], verb: str) -> None:
+        operation = delivery.context.get(self) if delivery is not None else None
+        client = delivery.client if delivery is not None else None
+        ctx = _get_current()
+        if not _suppressed(ctx):
+            self._settle_span(ctx, client, delivery, operation, message, verb)
+        if operation is not None and operation.style != "callback" and not operation.ended:
+            self._end_process(operation)
+            if client is not None:
+                open_ = self._open.get(id(client))
+                if open_:
+                    open_.pop(operation.key, None)
+
+    def _settle_span(
+        self, ctx: Any, client: Any, delivery: Any, operation: _Operation | None, message: Any, verb: str
+    ) -> None:
+        queue = delivery.queue if delivery is not None else None
+        destination = self._consume_destination(
+            client, verb, message.get("exchange") or "", message.get("routing_key") or "", queue
+        )
+        start = _time_ns()
+        span = None
+        if self._tracing():
+            links = None
+            parent = ctx
+            if operation is not None and operation.span is not None:
+                parent = _trace.set_span_in_context(operation.span, ctx)
+            else:
+                _, creation = self._extract(message.get("headers"))
+                if creation is not None:
+                    links = [Link(creation)]
+            span = self._tracer.start_span(
+                destination.span_name,
+                context=parent,
+                kind=SpanKind.CLIENT,
+                attributes=destination.span_attributes,
+                links=links,
+                start_time=start,
+            )
+            if span.is_recording():
+                tag = message.get("delivery_tag")
+                if tag is not None:
+                    span.set_attribute(DELIVERY_TAG, tag)
+                headers = message.get("headers")
+                if headers:
+                    message_id = headers.get("message_id")
+                    if message_id is not None:
+                        span.set_attribute(MESSAGE_ID, _text(message_id))
+                _call_hook(self.settle_hook, span, delivery)
+        end = _time_ns()
+        if span is not None:
+            span.end(end)
+        self._operation_duration.record((end - start) / 1e9, destination.duration_attributes)
+
+    # --- basic.get ---------------------------------------------------------------------------------
+
+    def on_get(self, get: GetOperation) -> None:
+        ctx = _get_current()
+        if _suppressed(ctx):
+            return
+        destination = self._consume_destination(get.client, "receive", "", "", get.queue)
+        start = _time_ns()
+        span = None
+        if self._tracing():
+            span = self._tracer.start_span(
+                destination.span_name,
+                context=ctx,
+                kind=SpanKind.CLIENT,
+                attributes=destination.span_attributes,
+                start_time=start,
+            )
+        get.context[self] = _Operation(span, start, destination)
+
+    def on_get_done(self, get: GetOperation, result: Any) -> None:
+        operation = get.context.pop(self, None)
+        if operation is None:
+            return
+        destination = operation.destination
+        span = operation.span
+        duration_attributes = destination.duration_attributes
+        if result.is_error:
+            exc = result.exception
+            error_type = _error_type(exc)
+            self._fail(span, exc, error_type)
+            duration_attributes = destination.failed(error_type)[0]
+        elif not result.get("empty"):
+            self._consumed_messages.add(1, destination.count_attributes)
+            if span is not None and span.is_recording():
+                headers = result.get("headers")
+                routing_key = result.get("routing_key")
+                if routing_key:
+                    span.set_attribute(ROUTING_KEY, routing_key)
+                self._message_attributes(span, result, headers)
+                _, creation = self._extract(headers)
+                if creation is not None:
+                    add_link = getattr(span, "add_link", None)
+                    if add_link is not None:
+                        add_link(creation)
+        end = _time_ns()
+        if span is not None:
+            span.end(end)
+        self._operation_duration.record((end - operation.start) / 1e9, duration_attributes)
+
+    # --- close -------------------------------------------------------------------------------------
+
+    def on_close(self, client: Any) -> None:
+        """End the process spans of messages still waiting for settlement (or the next delivery)."""
+        open_ = self._open.pop(id(client), None)
+        if open_:
+            for operation in list(open_.values()):
+                self._end_process(operation)
+
+
+# --- the instrumentor (opentelemetry-instrument) -------------------------------------------------------
+
+_INSTRUMENTS = ("puka >= 0.1",)
+_MIDDLEWARE_OPTIONS = frozenset(inspect.signature(OpenTelemetryMiddleware).parameters)
+
+
+def _make_instrumentor() -> type:
+    try:
+        from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+    except ImportError as exc:
+        raise ImportError(
+            "puka.tracing.otel.PukaInstrumentor needs opentelemetry-instrumentation: "
+            "pip install 'puka[otel]' (%s)" % exc
+        ) from exc
+
+    class PukaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+        """Adds an :class:`OpenTelemetryMiddleware` to every ``puka.Client`` created while on.
+
+        ``instrument(tracer_provider=..., meter_provider=..., propagator=..., **options)``:
+        the options are :class:`OpenTelemetryMiddleware`'s.  A client that already has an
+        OpenTelemetryMiddleware in its ``middleware`` list gets no second one.
+        """
+
+        def instrumentation_dependencies(self) -> tuple[str, ...]:
+            return _INSTRUMENTS
+
+        def _instrument(self, **kwargs: Any) -> None:
+            from ..client import Client
+
+            if getattr(Client.__init__, "__puka_otel_wrapped__", None) is not None:
+                return
+            options = {key: value for key, value in kwargs.items() if key in _MIDDLEWARE_OPTIONS}
+            middleware = OpenTelemetryMiddleware(**options)
+            original = Client.__init__
+            signature = inspect.signature(original)
+
+            @functools.wraps(original)
+            def __init__(client: Any, *args: Any, **kw: Any) -> None:
+                try:
+                    bound = signature.bind(client, *args, **kw)
+                except TypeError:
+                    return original(client, *args, **kw)  # let the real signature complain
+                chain = list(bound.arguments.get("middleware", ()))
+                if not any(isinstance(mw, OpenTelemetryMiddleware) for mw in chain):
+                    chain.append(middleware)
+                    bound.arguments["middleware"] = chain
+                original(*bound.args, **bound.kwargs)
+
+            __init__.__puka_otel_wrapped__ = original  # type: ignore[attr-defined]
+            Client.__init__ = __init__  # type: ignore[method-assign]
+
+        def _uninstrument(self, **kwargs: Any) -> None:
+            from ..client import Client
+
+            original = getattr(Client.__init__, "__puka_otel_wrapped__", None)
+            if original is not None:
+                Client.__init__ = original  # type: ignore[method-assign]
+
+    PukaInstrumentor.__module__ = __name__
+    PukaInstrumentor.__qualname__ = "PukaInstrumentor"
+    return PukaInstrumentor
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PukaInstrumentor":
+        cls = _make_instrumentor()
+        globals()[name] = cls
+        return cls
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+# PukaInstrumentor is made on first access (module __getattr__), so only opentelemetry-api is needed otherwise.
+__all__ = ["OpenTelemetryMiddleware", "PukaInstrumentor", "SCHEMA_URL", "DURATION_BUCKETS"]  # noqa: F822
