@@ -48,6 +48,7 @@ from . import exceptions, spec
 from .exceptions import ConnectionBroken, FrameTooLarge
 from .framing import content_frames, method_frame
 from .promise import ErrorResult, Promise, Result
+from .spec.tables import DECODE_FAILURES, describe_failure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -441,7 +442,11 @@ class Session:
                         "unknown method id %d.%d on channel %d" % (method_id >> 16, method_id & 0xFFFF, number)
                     )
                     return
-                method, end = cls.decode(payload, 4)
+                try:
+                    method, end = cls.decode(payload, 4)
+                except DECODE_FAILURES as exc:
+                    self.violation("malformed %s on channel %d: %s" % (cls.name, number, describe_failure(exc)))
+                    return
                 if end != len(payload):
                     self.violation("%s on channel %d has %d bytes too many" % (cls.name, number, len(payload) - end))
                     return
@@ -464,7 +469,11 @@ class Session:
                 if partial.class_id != 60:
                     self.violation("content header for class %d" % partial.class_id)
                     return
-                body_size, props = _decode_header(payload)
+                try:
+                    body_size, props = _decode_header(payload)
+                except spec.DecodeError as exc:
+                    self.violation("content header on channel %d: %s" % (number, exc))
+                    return
                 if body_size > self.max_message_size:
                     self.violation(
                         "message of %d bytes exceeds max_message_size %d" % (body_size, self.max_message_size),

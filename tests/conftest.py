@@ -18,6 +18,15 @@ import puka  # noqa: E402
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "broker_restart: stops and restarts the broker; runs last")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that restart the broker run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("broker_restart") is not None)
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     """The broker's URL, after making sure it answers (starting the local one if needed)."""

@@ -26,17 +26,13 @@ One exception class per reply code (``NotFound``, ``NoRoute``...) and
 
 from __future__ import annotations
 
-from struct import error as _StructError
-
 from . import codegen as _codegen
 from .codecs import Field, Method, PropertiesCodec
-from .tables import DecodeError, decode_table_raw, encode_table
+from .tables import DECODE_FAILURES, DecodeError, decode_table_raw, describe_failure, encode_table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-_DECODE_FAILURES = (IndexError, KeyError, _StructError, OverflowError, RecursionError, ValueError)
 
 
 def _load() -> tuple[dict[str, Any], str | None]:
@@ -87,6 +83,8 @@ _method_id = __import__("struct").Struct(">I").unpack_from
 
 def decode_method(buf: Any, offset: int = 0) -> tuple[Method, int]:
     """Decode a method payload (class id, method id, arguments) at ``offset``."""
+    if buf.__class__ is memoryview:
+        buf = buf.tobytes()
     try:
         (method_id,) = _method_id(buf, offset)
         cls = METHODS.get(method_id)
@@ -95,8 +93,8 @@ def decode_method(buf: Any, offset: int = 0) -> tuple[Method, int]:
         return cls.decode(buf, offset + 4)
     except DecodeError:
         raise
-    except _DECODE_FAILURES as exc:
-        raise DecodeError("malformed method arguments: %s" % _describe(exc)) from None
+    except DECODE_FAILURES as exc:
+        raise DecodeError("malformed method arguments: %s" % describe_failure(exc)) from None
 
 
 def encode_properties(class_id: int, props: dict[str, Any]) -> bytes:
@@ -109,6 +107,8 @@ def encode_properties(class_id: int, props: dict[str, Any]) -> bytes:
 
 def decode_properties(buf: Any, offset: int = 0, class_id: int = 60) -> tuple[dict[str, Any], int]:
     """Decode a property list (flag words + values) at ``offset``."""
+    if buf.__class__ is memoryview:
+        buf = buf.tobytes()
     codec = PROPERTIES.get(class_id)
     if codec is None:
         raise DecodeError("class %d has no content properties" % class_id)
@@ -116,28 +116,20 @@ def decode_properties(buf: Any, offset: int = 0, class_id: int = 60) -> tuple[di
         return codec.decode(buf, offset)
     except DecodeError:
         raise
-    except _DECODE_FAILURES as exc:
-        raise DecodeError("malformed content properties: %s" % _describe(exc)) from None
+    except DECODE_FAILURES as exc:
+        raise DecodeError("malformed content properties: %s" % describe_failure(exc)) from None
 
 
 def decode_table(buf: Any, offset: int = 0) -> tuple[dict[str, Any], int]:
     """Decode a field table at ``offset``."""
+    if buf.__class__ is memoryview:
+        buf = buf.tobytes()
     try:
         return decode_table_raw(buf, offset)
     except DecodeError:
         raise
-    except _DECODE_FAILURES as exc:
-        raise DecodeError("malformed field table: %s" % _describe(exc)) from None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (IndexError, _StructError)):
-        return "data ends too soon"
-    if isinstance(exc, KeyError):
-        return "unknown field value type %r" % (chr(exc.args[0]) if isinstance(exc.args[0], int) else exc.args[0],)
-    if isinstance(exc, RecursionError):
-        return "tables nested too deeply"
-    return str(exc) or type(exc).__name__
+    except DECODE_FAILURES as exc:
+        raise DecodeError("malformed field table: %s" % describe_failure(exc)) from None
 
 
 def error_for(reply_code: int) -> type[Exception]:

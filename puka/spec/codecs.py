@@ -26,12 +26,14 @@ from struct import error as StructError
 
 from .. import exceptions
 from .tables import (
+    DECODE_FAILURES,
     SHORT_LEN,
     DecodeError,
     _text,
     datetime_seconds,
     decode_shortstr_raw,
     decode_table_raw,
+    describe_failure,
     encode_table,
 )
 
@@ -135,11 +137,11 @@ def longstr_encoder(what: str) -> Callable[[Any], bytes]:
 
 def table_encoder(what: str) -> Callable[[Any], bytes]:
     def encode(value: Any) -> bytes:
-        if value is not None and not isinstance(value, dict):
-            raise TypeError("%s must be a dict, not %s" % (what, type(value).__name__))
         try:
             return encode_table(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
+            if value is not None and not isinstance(value, dict):
+                raise TypeError("%s must be a dict, not %s" % (what, type(value).__name__)) from None
             kind = TypeError if isinstance(exc, TypeError) else ValueError
             raise kind("%s: %s" % (what, exc)) from None
 
@@ -754,13 +756,18 @@ class PropertiesCodec:
 
             The payload must be entirely consumed; its class must be this codec's.
             """
-            cid, _weight, body_size, flags = unpack(buf, 0)
-            if cid != class_id:
-                raise DecodeError("content header of class %d on a class %d method" % (cid, class_id))
-            offset = 14
-            if flags & 1:
-                flags, offset = more_flags(flags, buf, offset)
-            props, offset = (plans.get(flags) or plan_for(flags))(buf, offset)
+            try:
+                cid, _weight, body_size, flags = unpack(buf, 0)
+                if cid != class_id:
+                    raise DecodeError("content header of class %d on a class %d method" % (cid, class_id))
+                offset = 14
+                if flags & 1:
+                    flags, offset = more_flags(flags, buf, offset)
+                props, offset = (plans.get(flags) or plan_for(flags))(buf, offset)
+            except DecodeError:
+                raise
+            except DECODE_FAILURES as exc:
+                raise DecodeError("malformed content header: %s" % describe_failure(exc)) from None
             if offset != len(buf):
                 raise DecodeError("content header has %d bytes after its properties" % (len(buf) - offset))
             return body_size, props

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from struct import Struct
+from struct import error as StructError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,6 +52,22 @@ SHORT_LEN = [bytes((i,)) for i in range(256)]
 
 class DecodeError(ValueError):
     """Malformed AMQP data: the only exception decoding may raise."""
+
+
+#: What the decoders raise on malformed input before it is reported as a DecodeError.
+DECODE_FAILURES = (IndexError, KeyError, StructError, OverflowError, RecursionError, ValueError)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short reason for a DecodeError raised in place of ``exc``."""
+    if isinstance(exc, (IndexError, StructError)):
+        return "data ends too soon"
+    if isinstance(exc, KeyError):
+        tag = exc.args[0] if exc.args else None
+        return "unknown field value type %r" % (chr(tag) if isinstance(tag, int) and 0 <= tag < 256 else tag,)
+    if isinstance(exc, RecursionError):
+        return "tables nested too deeply"
+    return str(exc) or type(exc).__name__
 
 
 def _text(raw: bytes) -> str:
@@ -335,15 +352,16 @@ _ENCODED_KEYS: dict[str, bytes] = {}
 
 
 def _encode_key(key: Any) -> bytes:
-    if type(key) is not str:
+    if not isinstance(key, str):
         raise TypeError("table keys must be str, not %s" % type(key).__name__)
     raw = key.encode("utf-8", "surrogateescape")
     if len(raw) > 255:
         raise ValueError("table key is longer than 255 bytes")
     encoded = SHORT_LEN[len(raw)] + raw
-    if len(_ENCODED_KEYS) >= 4096:
-        _ENCODED_KEYS.clear()
-    _ENCODED_KEYS[key] = encoded
+    if key.__class__ is str:  # str subclasses are encoded the same, but not kept
+        if len(_ENCODED_KEYS) >= 4096:
+            _ENCODED_KEYS.clear()
+        _ENCODED_KEYS[key] = encoded
     return encoded
 
 
@@ -362,7 +380,12 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
             if encoded_key is None:
                 encoded_key = _encode_key(key)
             append(encoded_key)
-            enc = encoders.get(type(value))
+            if value.__class__ is str:  # the usual header value, inlined
+                raw = value.encode("utf-8", "surrogateescape")
+                append(_tag_len(b"S", len(raw)))
+                append(raw)
+                continue
+            enc = encoders.get(value.__class__)
             append(enc(value) if enc is not None else encode_value(value))
     except (TypeError, ValueError) as exc:
         raise _keyed(exc, "table key %r" % (key,)) from None

@@ -73,6 +73,7 @@ try:
     from opentelemetry import context as _context
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
+    from opentelemetry.metrics import _internal as _metrics_internal
     from opentelemetry.propagate import get_global_textmap
     from opentelemetry.propagators.textmap import Getter, Setter
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -126,6 +127,7 @@ _SUPPRESS_KEY_PLAIN = "suppress_instrumentation"  # older opentelemetry-instrume
 _get_current = _context.get_current
 _time_ns = time.time_ns
 _CACHE_MAX = 1024
+_UNKNOWN = object()
 
 
 def _suppressed(ctx: Any) -> bool:
@@ -312,10 +314,10 @@ class OpenTelemetryMiddleware(Middleware):
         a ``TextMapPropagator`` for the message headers; None uses the global one
         (``opentelemetry.propagate``), W3C trace context and baggage by default.
     ``publish_hook(span, publish)``, ``consume_hook(span, delivery)``, ``settle_hook(span, delivery)``
-        called once the span has started and has its attributes, only for recording spans;
-        ``publish`` is the :class:`~puka.tracing.OutgoingPublish` (headers may be changed),
-        ``delivery`` the :class:`~puka.tracing.Delivery` (None in settle_hook for a message
-        the middleware did not see delivered).  Their exceptions are logged and ignored.
+        called once the span has started with its attributes, for recording spans only;
+        ``publish`` is the :class:`~puka.tracing.OutgoingPublish` (its headers may still be
+        changed), ``delivery`` the :class:`~puka.tracing.Delivery` (None in settle_hook for a
+        message the middleware did not see delivered).  Their exceptions are logged and ignored.
     ``capture_headers``
         names of message headers recorded as ``messaging.header.<name>`` attributes on publish
         and process spans (opt-in: headers may hold personal data).
@@ -323,6 +325,8 @@ class OpenTelemetryMiddleware(Middleware):
         ``'creation'`` (default), ``'ambient'`` or ``'creation-always'``: see the module doc.
     ``record_body_size``
         record ``messaging.message.body.size`` (an opt-in attribute of the conventions).
+
+    One middleware may serve several clients.
     """
 
     def __init__(
@@ -352,11 +356,15 @@ class OpenTelemetryMiddleware(Middleware):
         self.process_parent = process_parent
         self.record_body_size = record_body_size
         self._tracer = _trace.get_tracer(SCOPE, __version__, tracer_provider, schema_url=SCHEMA_URL)
-        # With an explicit provider the question "is tracing off?" has a fixed answer.
-        self._tracing_fixed: bool | None = None
-        if tracer_provider is not None:
-            self._tracing_fixed = not isinstance(tracer_provider, _trace.NoOpTracerProvider)
         meter = _metrics.get_meter(SCOPE, __version__, meter_provider, schema_url=SCHEMA_URL)
+        # Whether spans / metrics can be recorded at all: fixed for explicit providers, else
+        # looked up until a global provider is set (that happens once per process).
+        self._tracing_on: bool | None = None
+        self._metering_on: bool | None = None
+        if tracer_provider is not None:
+            self._tracing_on = not isinstance(tracer_provider, _trace.NoOpTracerProvider)
+        if meter_provider is not None:
+            self._metering_on = not isinstance(meter_provider, _metrics.NoOpMeterProvider)
         self._operation_duration = meter.create_histogram(
             "messaging.client.operation.duration",
             unit="s",
@@ -387,24 +395,51 @@ class OpenTelemetryMiddleware(Middleware):
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _tracing(self) -> bool:
-        """Whether spans can be recorded at all (cheap: no span is started when not)."""
-        fixed = self._tracing_fixed
-        if fixed is not None:
-            return fixed
-        provider = _trace.get_tracer_provider()
-        return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
+    def _enabled(self) -> tuple[bool, bool]:
+        """(tracing, metering): whether spans and metrics can be recorded at all.
+
+        With the global providers this looks at what the API's proxies look at, cheaply, so
+        that nothing is started or measured while no SDK is configured.
+        """
+        tracing = self._tracing_on
+        if tracing is None:
+            provider = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
+            if provider is _UNKNOWN:  # another API version: the public (slower) way
+                provider = _trace.get_tracer_provider()
+                tracing = not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
+            elif provider is None:
+                tracing = False
+            else:
+                tracing = self._tracing_on = not isinstance(provider, _trace.NoOpTracerProvider)
+        metering = self._metering_on
+        if metering is None:
+            provider = getattr(_metrics_internal, "_METER_PROVIDER", _UNKNOWN)
+            if provider is _UNKNOWN:
+                provider = _metrics.get_meter_provider()
+                metering = type(provider).__name__ != "_ProxyMeterProvider" and not isinstance(
+                    provider, _metrics.NoOpMeterProvider
+                )
+            elif provider is None:
+                metering = False
+            else:
+                metering = self._metering_on = not isinstance(provider, _metrics.NoOpMeterProvider)
+        return tracing, metering
 
     def _propagator(self) -> Any:
         return self.propagator if self.propagator is not None else get_global_textmap()
 
-    def _trace_fields(self, propagator: Any) -> frozenset[str]:
-        """The header names that carry a creation context with this propagator (not baggage)."""
+    def _has_creation_context(self, propagator: Any, headers: Any) -> bool:
+        """Whether the caller put a creation context (not just baggage) in the headers."""
+        if not headers:
+            return False
         cached, fields = self._fields
         if cached is not propagator:
             fields = frozenset(field for field in propagator.fields if field != "baggage")
             self._fields = (propagator, fields)
-        return fields
+        for field in fields:
+            if field in headers:
+                return True
+        return False
 
     def _extract(self, headers: Any, propagator: Any = None) -> Any:
         """The creation context in a message's headers: (context, span context) or (None, None)."""
@@ -422,7 +457,8 @@ class OpenTelemetryMiddleware(Middleware):
             return None, None
         return ctx, span_context
 
-    def _server(self, client: Any) -> tuple[str, int]:
+    @staticmethod
+    def _server(client: Any) -> tuple[str, int]:
         params = getattr(client, "params", None)
         return (getattr(params, "host", "") or "", getattr(params, "port", 0) or 0)
 
@@ -432,7 +468,7 @@ class OpenTelemetryMiddleware(Middleware):
         destination = self._publish_destinations.get(key)
         if destination is None:
             destination = _Destination(
-                "publish", "send", _producer_parts(exchange, routing_key), routing_key, (params.host, params.port)
+                "publish", "send", _producer_parts(exchange, routing_key), routing_key, self._server(client)
             )
             if len(self._publish_destinations) >= _CACHE_MAX:
                 self._publish_destinations.clear()
@@ -458,29 +494,24 @@ class OpenTelemetryMiddleware(Middleware):
             self._consume_destinations[key] = destination
         return destination
 
-    def _message_attributes(self, span: Any, message: Any, headers: Any, delivery_tag: bool = True) -> None:
-        if delivery_tag:
-            tag = message.get("delivery_tag")
-            if tag is not None:
-                span.set_attribute(DELIVERY_TAG, tag)
+    def _message_attributes(self, attributes: dict[str, Any], headers: Any, body: Any, tag: Any) -> None:
+        """Add what a single message says to span attributes."""
+        if tag is not None:
+            attributes[DELIVERY_TAG] = tag
         if headers:
             message_id = headers.get("message_id")
             if message_id is not None:
-                span.set_attribute(MESSAGE_ID, _text(message_id))
+                attributes[MESSAGE_ID] = _text(message_id)
             correlation_id = headers.get("correlation_id")
             if correlation_id is not None:
-                span.set_attribute(CONVERSATION_ID, _text(correlation_id))
-        if self.record_body_size:
-            body = message.get("body")
-            if body is not None:
-                span.set_attribute(BODY_SIZE, len(body))
-
-    def _capture(self, span: Any, headers: Any) -> None:
-        if headers:
-            for name, attribute in self.capture_headers:
-                value = headers.get(name)
-                if value is not None:
-                    span.set_attribute(attribute, _attribute_value(value))
+                attributes[CONVERSATION_ID] = _text(correlation_id)
+            if self.capture_headers:
+                for name, attribute in self.capture_headers:
+                    value = headers.get(name)
+                    if value is not None:
+                        attributes[attribute] = _attribute_value(value)
+        if body is not None and self.record_body_size:
+            attributes[BODY_SIZE] = body if body.__class__ is int else len(body)
 
     @staticmethod
     def _fail(span: Any, exc: BaseException | None, error_type: str) -> None:
@@ -493,56 +524,45 @@ class OpenTelemetryMiddleware(Middleware):
     def on_publish(self, publish: OutgoingPublish) -> None:
         ctx = _get_current()
         headers = publish.headers
-        propagator = self._propagator()
-        fields = self._trace_fields(propagator)
-        custom = False
-        if headers:
-            for field in fields:
-                if field in headers:
-                    custom = True
-                    break
-        if _suppressed(ctx):
-            if not custom:
-                propagator.inject(headers, context=ctx, setter=_setter)
-            return
-        destination = self._publish_destination(publish.client, publish.exchange, publish.routing_key)
-        start = _time_ns()
-        span = None
-        if self._tracing():
-            links = None
-            if custom:
-                _, creation = self._extract(headers, propagator)
-                if creation is not None:
-                    links = [Link(creation)]
-            span = self._tracer.start_span(
-                destination.span_name,
-                context=ctx,
-                kind=SpanKind.PRODUCER,
-                attributes=destination.span_attributes,
-                links=links,
-                start_time=start,
-            )
-            if span.is_recording():
-                if headers:
-                    message_id = headers.get("message_id")
-                    if message_id is not None:
-                        span.set_attribute(MESSAGE_ID, _text(message_id))
-                    correlation_id = headers.get("correlation_id")
-                    if correlation_id is not None:
-                        span.set_attribute(CONVERSATION_ID, _text(correlation_id))
-                    if self.capture_headers:
-                        self._capture(span, headers)
-                if self.record_body_size:
-                    span.set_attribute(BODY_SIZE, publish.body_size)
-                _call_hook(self.publish_hook, span, publish)
-            if not custom:
-                if span.get_span_context().is_valid:
-                    propagator.inject(headers, context=_trace.set_span_in_context(span, ctx), setter=_setter)
-                elif ctx:
+        if ctx and _suppressed(ctx):
+            tracing = metering = False
+        else:
+            tracing, metering = self._enabled()
+        if not tracing:
+            if ctx:  # no span: still pass the active context on (there is none to pass otherwise)
+                propagator = self._propagator()
+                if not self._has_creation_context(propagator, headers):
                     propagator.inject(headers, context=ctx, setter=_setter)
-        elif not custom and ctx:
-            # No tracing: still pass the active context on (nothing to pass when there is none).
-            propagator.inject(headers, context=ctx, setter=_setter)
+            if metering:
+                destination = self._publish_destination(publish.client, publish.exchange, publish.routing_key)
+                publish.context[self] = _Operation(None, _time_ns(), destination)
+            return
+        propagator = self._propagator()
+        destination = self._publish_destination(publish.client, publish.exchange, publish.routing_key)
+        custom = self._has_creation_context(propagator, headers)
+        links = None
+        if custom:
+            _, creation = self._extract(headers, propagator)
+            if creation is not None:
+                links = [Link(creation)]
+        attributes = dict(destination.span_attributes)
+        self._message_attributes(attributes, headers, publish.body_size, None)
+        start = _time_ns()
+        span = self._tracer.start_span(
+            destination.span_name,
+            context=ctx,
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            links=links,
+            start_time=start,
+        )
+        if self.publish_hook is not None and span.is_recording():
+            _call_hook(self.publish_hook, span, publish)
+        if not custom:
+            if span.get_span_context().is_valid:
+                propagator.inject(headers, context=_trace.set_span_in_context(span, ctx), setter=_setter)
+            elif ctx:
+                propagator.inject(headers, context=ctx, setter=_setter)
         publish.context[self] = _Operation(span, start, destination)
 
     def on_publish_done(self, publish: OutgoingPublish, result: Any) -> None:
@@ -572,24 +592,27 @@ class OpenTelemetryMiddleware(Middleware):
         if "consumer_tag" not in message:
             return  # a basic.get result: its receive span and count are done in on_get_done
         client = delivery.client
-        client_id = id(client)
-        if delivery.no_ack:
-            open_ = self._open.get(client_id)
+        if delivery.no_ack and self._open:
+            open_ = self._open.get(id(client))
             if open_:
                 previous = open_.pop(("no_ack", delivery.promise), None)
                 if previous is not None:
                     self._end_process(previous)
         ctx = _get_current()
-        if _suppressed(ctx):
+        if ctx and _suppressed(ctx):
+            return
+        tracing, metering = self._enabled()
+        if not (tracing or metering):
             return
         destination = self._consume_destination(
             client, "process", message.get("exchange") or "", message.get("routing_key") or "", delivery.queue
         )
-        self._consumed_messages.add(1, destination.count_attributes)
-        start = _time_ns()
+        if metering:
+            self._consumed_messages.add(1, destination.count_attributes)
         span = None
         parent = ctx
-        if self._tracing():
+        start = _time_ns()
+        if tracing:
             headers = message.get("headers")
             creation_ctx, creation = self._extract(headers)
             links = None
@@ -604,18 +627,17 @@ class OpenTelemetryMiddleware(Middleware):
                             links.append(Link(ambient))
                     elif not ambient.is_valid:
                         parent = creation_ctx
+            attributes = dict(destination.span_attributes)
+            self._message_attributes(attributes, headers, message.get("body"), message.get("delivery_tag"))
             span = self._tracer.start_span(
                 destination.span_name,
                 context=parent,
                 kind=SpanKind.CONSUMER,
-                attributes=destination.span_attributes,
+                attributes=attributes,
                 links=links,
                 start_time=start,
             )
-            if span.is_recording():
-                self._message_attributes(span, message, headers)
-                if self.capture_headers:
-                    self._capture(span, headers)
+            if self.consume_hook is not None and span.is_recording():
                 _call_hook(self.consume_hook, span, delivery)
         operation = _Operation(span, start, destination)
         operation.style = delivery.style
@@ -627,13 +649,13 @@ class OpenTelemetryMiddleware(Middleware):
         else:
             key = ("no_ack", delivery.promise) if delivery.no_ack else (delivery.promise, message.get("delivery_tag"))
             operation.key = key
-            self._open.setdefault(client_id, {})[key] = operation
+            self._open.setdefault(id(client), {})[key] = operation
 
     def on_deliver_done(self, delivery: Delivery) -> None:
         operation = delivery.context.get(self)
         if operation is None or operation.ended:
             return
-        exc = sys.exc_info()[1]
+        exc = sys.exc_info()[1]  # the exception the callback raised, if any (this runs in a finally)
         if exc is not None and exc is not operation.exc_before:
             self._end_process(operation, exc)
         else:
@@ -665,27 +687,28 @@ class OpenTelemetryMiddleware(Middleware):
 
     def on_settle(self, delivery: Delivery | None, message: dict[str, Any], verb: str) -> None:
         operation = delivery.context.get(self) if delivery is not None else None
-        client = delivery.client if delivery is not None else None
         ctx = _get_current()
-        if not _suppressed(ctx):
-            self._settle_span(ctx, client, delivery, operation, message, verb)
+        if not (ctx and _suppressed(ctx)):
+            tracing, metering = self._enabled()
+            if tracing or metering:
+                self._settle(ctx, tracing, delivery, operation, message, verb)
         if operation is not None and operation.style != "callback" and not operation.ended:
             self._end_process(operation)
-            if client is not None:
-                open_ = self._open.get(id(client))
-                if open_:
-                    open_.pop(operation.key, None)
+            open_ = self._open.get(id(delivery.client)) if delivery is not None else None
+            if open_:
+                open_.pop(operation.key, None)
 
-    def _settle_span(
-        self, ctx: Any, client: Any, delivery: Any, operation: _Operation | None, message: Any, verb: str
+    def _settle(
+        self, ctx: Any, tracing: bool, delivery: Any, operation: _Operation | None, message: Any, verb: str
     ) -> None:
+        client = delivery.client if delivery is not None else None
         queue = delivery.queue if delivery is not None else None
         destination = self._consume_destination(
             client, verb, message.get("exchange") or "", message.get("routing_key") or "", queue
         )
         start = _time_ns()
         span = None
-        if self._tracing():
+        if tracing:
             links = None
             parent = ctx
             if operation is not None and operation.span is not None:
@@ -694,23 +717,22 @@ class OpenTelemetryMiddleware(Middleware):
                 _, creation = self._extract(message.get("headers"))
                 if creation is not None:
                     links = [Link(creation)]
+            attributes = dict(destination.span_attributes)
+            tag = message.get("delivery_tag")
+            if tag is not None:
+                attributes[DELIVERY_TAG] = tag
+            headers = message.get("headers")
+            if headers and headers.get("message_id") is not None:
+                attributes[MESSAGE_ID] = _text(headers["message_id"])
             span = self._tracer.start_span(
                 destination.span_name,
                 context=parent,
                 kind=SpanKind.CLIENT,
-                attributes=destination.span_attributes,
+                attributes=attributes,
                 links=links,
                 start_time=start,
             )
-            if span.is_recording():
-                tag = message.get("delivery_tag")
-                if tag is not None:
-                    span.set_attribute(DELIVERY_TAG, tag)
-                headers = message.get("headers")
-                if headers:
-                    message_id = headers.get("message_id")
-                    if message_id is not None:
-                        span.set_attribute(MESSAGE_ID, _text(message_id))
+            if self.settle_hook is not None and span.is_recording():
                 _call_hook(self.settle_hook, span, delivery)
         end = _time_ns()
         if span is not None:
@@ -721,12 +743,15 @@ class OpenTelemetryMiddleware(Middleware):
 
     def on_get(self, get: GetOperation) -> None:
         ctx = _get_current()
-        if _suppressed(ctx):
+        if ctx and _suppressed(ctx):
+            return
+        tracing, metering = self._enabled()
+        if not (tracing or metering):
             return
         destination = self._consume_destination(get.client, "receive", "", "", get.queue)
         start = _time_ns()
         span = None
-        if self._tracing():
+        if tracing:
             span = self._tracer.start_span(
                 destination.span_name,
                 context=ctx,
@@ -752,10 +777,12 @@ class OpenTelemetryMiddleware(Middleware):
             self._consumed_messages.add(1, destination.count_attributes)
             if span is not None and span.is_recording():
                 headers = result.get("headers")
+                attributes: dict[str, Any] = {}
                 routing_key = result.get("routing_key")
                 if routing_key:
-                    span.set_attribute(ROUTING_KEY, routing_key)
-                self._message_attributes(span, result, headers)
+                    attributes[ROUTING_KEY] = routing_key
+                self._message_attributes(attributes, headers, result.get("body"), result.get("delivery_tag"))
+                span.set_attributes(attributes)
                 _, creation = self._extract(headers)
                 if creation is not None:
                     add_link = getattr(span, "add_link", None)
