@@ -25,7 +25,7 @@ from . import spec
 from .connection import OPEN, Connection
 from .exceptions import ConnectionBroken, PromiseFinished
 from .machines import MAX_MESSAGE_SIZE, Session
-from .urls import parse_amqp_url
+from .urls import check_option, parse_amqp_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -127,11 +127,12 @@ class SslConnectionParameters:
         return context
 
 
-def _ssl_context(ssl_parameters: Any, options: dict[str, Any]) -> ssl.SSLContext:
+def _ssl_context(ssl_parameters: Any, options: dict[str, Any]) -> tuple[ssl.SSLContext, str | None]:
+    """The SSLContext to use and the server name to verify (None: the URL's host)."""
     import ssl
 
     if isinstance(ssl_parameters, ssl.SSLContext):
-        return ssl_parameters
+        return ssl_parameters, None
     if ssl_parameters is None:
         ssl_parameters = SslConnectionParameters(
             ca_certs=options.get("cacertfile"),
@@ -141,7 +142,7 @@ def _ssl_context(ssl_parameters: Any, options: dict[str, Any]) -> ssl.SSLContext
         )
     elif isinstance(ssl_parameters, dict):
         ssl_parameters = SslConnectionParameters(**ssl_parameters)
-    return ssl_parameters.make_context()  # type: ignore[no-any-return]
+    return ssl_parameters.make_context(), ssl_parameters.server_hostname
 
 
 class Client:
@@ -185,21 +186,17 @@ class Client:
         self.params = params
         if not heartbeat:
             heartbeat = options.get("heartbeat", 0)
-        if heartbeat < 0:
-            raise ValueError("heartbeat must be >= 0 seconds")
+        check_option("heartbeat", heartbeat)
         self.heartbeat = heartbeat
-        self.connection_timeout = float(
-            connection_timeout
-            if connection_timeout is not None
-            else options.get("connection_timeout", DEFAULT_CONNECTION_TIMEOUT)
-        )
+        if connection_timeout is None:
+            connection_timeout = options.get("connection_timeout", DEFAULT_CONNECTION_TIMEOUT)
+        check_option("connection_timeout", connection_timeout)
+        self.connection_timeout = float(connection_timeout)
         context = None
         server_hostname = None
         if params.tls:
-            context = _ssl_context(ssl_parameters, options)
-            server_hostname = (
-                options.get("server_name_indication") or getattr(ssl_parameters, "server_hostname", None) or params.host
-            )
+            context, configured_name = _ssl_context(ssl_parameters, options)
+            server_hostname = options.get("server_name_indication") or configured_name or params.host
         self._conn = conn = Connection(
             params.host,
             params.port,

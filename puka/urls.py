@@ -86,7 +86,10 @@ class ConnectionParameters:
 
 
 def parse_amqp_url(url: str) -> ConnectionParameters:
-    """Parse an ``amqp://`` or ``amqps://`` URL; ValueError when it is not one."""
+    """Parse an ``amqp://`` or ``amqps://`` URL; ValueError when it is not one.
+
+    Error messages never contain the password.
+    """
     import urllib.parse
 
     if not isinstance(url, str):
@@ -95,21 +98,30 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
     scheme = scheme.lower()
     if not sep or scheme not in ("amqp", "amqps"):
         raise ValueError("not an AMQP URL (expected amqp:// or amqps://): %s" % _scrub(url))
+    hint = " (characters such as / ? # @ in the user or password must be percent-encoded)"
     # urlsplit knows the netloc rules for any scheme; split a neutral form.
+    # The errors are raised outside the except blocks: the original exception,
+    # which may quote part of the password, must not even be the __context__.
     try:
         parts = urllib.parse.urlsplit("//" + rest)
         port = parts.port
-    except ValueError as exc:
-        raise ValueError("malformed AMQP URL %s: %s" % (_scrub(url), _scrub(str(exc)))) from None
+        malformed = False
+    except ValueError:
+        malformed = True
+    if malformed:
+        raise ValueError("malformed host or port in AMQP URL %s%s" % (_scrub(url), hint))
     if parts.fragment:
-        raise ValueError("an AMQP URL has no fragment: %s" % _scrub(url))
+        raise ValueError("an AMQP URL has no fragment: %s%s" % (_scrub(url), hint))
     netloc_host = parts.netloc.rpartition("@")[2]
-    if netloc_host.startswith("[") and "]" not in netloc_host:
-        raise ValueError("unterminated IPv6 address in %s" % _scrub(url))
+    if netloc_host.startswith("["):
+        closing = netloc_host.find("]")
+        after = netloc_host[closing + 1 :] if closing >= 0 else None
+        if after is None or (after and not after.startswith(":")):
+            raise ValueError("malformed IPv6 address in %s" % _scrub(url))
 
-    username = _unquote(parts.username) if parts.username is not None else "guest"
-    password = _unquote(parts.password) if parts.password is not None else "guest"
-    host = _unquote(parts.hostname) if parts.hostname else "localhost"
+    username = _unquote(parts.username, "user name") if parts.username is not None else "guest"
+    password = _unquote(parts.password, "password") if parts.password is not None else "guest"
+    host = _unquote(parts.hostname, "host") if parts.hostname else "localhost"
     if port is None:
         port = 5671 if scheme == "amqps" else 5672
     if not 0 < port < 65536:
@@ -118,8 +130,8 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
     if path.startswith("/"):
         path = path[1:]
     if "/" in path:
-        raise ValueError("the vhost must be a single path segment (write '/' as %%2f): %s" % _scrub(url))
-    vhost = _unquote(path) if path else "/"
+        raise ValueError("the vhost must be a single path segment (write '/' as %%2f): %s%s" % (_scrub(url), hint))
+    vhost = _unquote(path, "vhost") if path else "/"
 
     options: dict[str, Any] = {}
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
@@ -132,24 +144,56 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
             raise ValueError("AMQP URL option %s=%r is not a valid %s" % (key, value, kind.__name__)) from None
     if "connection_timeout" in options and options["connection_timeout"] > 1000:
         options["connection_timeout"] /= 1000.0  # RabbitMQ's URI spec: milliseconds
+    for key in ("heartbeat", "connection_timeout", "channel_max", "frame_max"):
+        if key in options:
+            check_option(key, options[key])
     if options.get("auth_mechanism", "PLAIN").upper() not in ("PLAIN", "EXTERNAL"):
         raise ValueError("auth_mechanism must be PLAIN or EXTERNAL")
+    if options.get("verify", "verify_peer") not in ("verify_peer", "verify_none"):
+        raise ValueError("verify must be verify_peer or verify_none")
     return ConnectionParameters(scheme, username, password, host, port, vhost, options)
 
 
-def _unquote(value: str) -> str:
+def check_option(name: str, value: Any) -> None:
+    """ValueError unless a numeric connection setting is finite and in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+        float("inf"),
+        float("-inf"),
+    ):
+        raise ValueError("%s must be a finite number, not %r" % (name, value))
+    if name == "heartbeat" and not 0 <= value <= 65535:
+        raise ValueError("heartbeat must be between 0 and 65535 seconds, not %r" % value)
+    if name == "connection_timeout" and not value > 0:
+        raise ValueError("connection_timeout must be more than 0 seconds, not %r" % value)
+    if name == "channel_max" and not 0 <= value <= 65535:
+        raise ValueError("channel_max must be between 0 and 65535, not %r" % value)
+    if name == "frame_max" and not (value == 0 or 4096 <= value <= 0xFFFFFFFF):
+        raise ValueError("frame_max must be 0 (no limit) or between 4096 and 2**32-1, not %r" % value)
+
+
+def _unquote(value: str, part: str) -> str:
     import urllib.parse
 
-    return urllib.parse.unquote(value, errors="strict")
+    try:
+        return urllib.parse.unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        pass
+    raise ValueError("the %s in the AMQP URL has a percent-escape that is not UTF-8" % part)
 
 
 def _scrub(text: str) -> str:
     """Remove any password from a URL-ish text, for error messages."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
+    head, at, tail = text.rpartition("@")
+    if not at:
         return text
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo:
+    # Whatever precedes the user info: a scheme and slashes, well formed or not.
+    prefix_end = 0
+    colon = head.find(":")
+    if colon > 0 and head[:colon].replace("+", "").replace(".", "").replace("-", "").isalnum():
+        prefix_end = colon + 1
+        while prefix_end < len(head) and head[prefix_end] == "/":
+            prefix_end += 1
+    prefix, userinfo = head[:prefix_end], head[prefix_end:]
+    if ":" not in userinfo:
         return text
-    user = userinfo.split(":", 1)[0]
-    return "%s://%s:***@%s" % (scheme, user, hostpart)
+    return "%s%s:***@%s" % (prefix, userinfo.split(":", 1)[0], tail)

@@ -73,12 +73,16 @@ try:
     from opentelemetry import context as _context
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
-    from opentelemetry.metrics import _internal as _metrics_internal
     from opentelemetry.propagate import get_global_textmap
     from opentelemetry.propagators.textmap import Getter, Setter
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("puka.tracing.otel needs the OpenTelemetry API: pip install 'puka[otel]' (%s)" % exc) from exc
+
+try:  # what the API's metrics proxies look at; optional, there is a slower public fallback
+    from opentelemetry.metrics import _internal as _metrics_internal
+except ImportError:  # pragma: no cover - another API version
+    _metrics_internal = None  # type: ignore[assignment]
 
 from .. import __version__
 from . import Middleware
@@ -811,7 +815,7 @@ _MIDDLEWARE_OPTIONS = frozenset(inspect.signature(OpenTelemetryMiddleware).param
 
 def _make_instrumentor() -> type:
     try:
-        from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+        from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
     except ImportError as exc:
         raise ImportError(
             "puka.tracing.otel.PukaInstrumentor needs opentelemetry-instrumentation: "
@@ -852,7 +856,7 @@ def _make_instrumentor() -> type:
                 original(*bound.args, **bound.kwargs)
 
             __init__.__puka_otel_wrapped__ = original  # type: ignore[attr-defined]
-            Client.__init__ = __init__  # type: ignore[method-assign]
+            Client.__init__ = __init__  # type: ignore[method-assign,assignment]
 
         def _uninstrument(self, **kwargs: Any) -> None:
             from ..client import Client
