@@ -17,6 +17,7 @@ it), never the password:
      vhost) or the connection was lost
 4    ``get``: the queue was empty
 130  interrupted (Ctrl-C)
+141  stdout was closed by its reader (e.g. ``| head``)
 ==== ==================================================================================
 
 ``tap COMMAND ...`` runs another command with :class:`puka.tracing.FrameLogger` installed and
@@ -66,16 +67,18 @@ exit status:
   3    connection: refused, unresolvable, timed out, wrong credentials, unknown vhost, lost
   4    get: the queue was empty
   130  interrupted (Ctrl-C)
+  141  stdout was closed by its reader (e.g. '| head')
 """
 
 
 class CliError(Exception):
     """A failure to report as one line with an exit code."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, prog: str = PROG) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.prog = prog
 
 
 # --- argument parsing -----------------------------------------------------------------------------
@@ -85,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit 2)."""
 
     def error(self, message: str) -> NoReturn:
-        raise CliError(EXIT_USAGE, "%s: %s (see '%s --help')" % (self.prog, message, self.prog))
+        raise CliError(EXIT_USAGE, "%s (see '%s --help')" % (message, self.prog), self.prog)
 
 
 _INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -96,18 +99,42 @@ def _value(text: str) -> Any:
     return int(text) if _INT.match(text) else text
 
 
-def _pair(text: str) -> tuple[str, Any]:
+#: Message properties whose values are strings even when they look like numbers.
+_STRING_PROPERTIES = frozenset(
+    (
+        "content_type",
+        "content_encoding",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "type_",
+        "user_id",
+        "app_id",
+        "cluster_id",
+    )
+)
+
+
+def _pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError("expected KEY=VALUE, got %r" % text)
-    return key, _value(value)
+    return key, value
+
+
+def _header(text: str) -> tuple[str, Any]:
+    """A --header: typed as an int when it looks like one, except string properties."""
+    key, value = _pair(text)
+    return key, value if key in _STRING_PROPERTIES else _value(value)
 
 
 def _argument(text: str) -> tuple[str, Any]:
+    """An --arg: ints and true/false are typed."""
     key, value = _pair(text)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    return key, value
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    return key, _value(value)
 
 
 def _positive(text: str) -> int:
@@ -140,9 +167,9 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _global_options() -> argparse.ArgumentParser:
+def _global_options() -> _Parser:
     """The options every command takes, before or after its name (defaults resolved later)."""
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     group = common.add_argument_group("connection and diagnostics")
     group.add_argument(
         "--url", help="the broker, amqp[s]://user:password@host:port/vhost (default: $AMQP_URL, else amqp:///)"
@@ -164,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog=PROG,
-        description="A command line for RabbitMQ (AMQP 0-9-1), built on puka.",
+        description="A command line for RabbitMQ (AMQP 0-9-1), built on puka. Message bodies and results "
+        "go to stdout; progress, frames, spans and errors to stderr.",
         epilog=EXIT_CODES,
         formatter_class=formatter,
         parents=[common],
@@ -183,12 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--count", type=_positive, default=1, metavar="N", help="publish N copies (default 1)")
     publish.add_argument(
         "--header",
-        type=_pair,
+        type=_header,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a header (repeatable); properties such as content_type, message_id, priority "
-        "go to the message's properties; values that look like integers are sent as integers",
+        help="a header (repeatable); properties such as content_type, message_id, priority, "
+        "expiration go to the message's properties; values that look like integers are sent "
+        "as integers, except to string properties (message_id, expiration...)",
     )
     publish.add_argument("--mandatory", action="store_true", help="fail (exit 1) when no queue takes the message")
     publish.add_argument("--persistent", action="store_true", help="delivery_mode 2: survive a broker restart")
@@ -272,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     exchange.set_defaults(run=cmd_delete_exchange)
 
     for name, verb in (("bind", "bind"), ("unbind", "unbind")):
-        sub = command(name, "%s a queue to an exchange" % verb)
+        sub = command(name, "%s a queue %s an exchange" % (verb, "to" if name == "bind" else "from"))
         sub.add_argument("queue", metavar="QUEUE")
         sub.add_argument("exchange", metavar="EXCHANGE")
         sub.add_argument("routing_key", metavar="ROUTING_KEY", nargs="?", default="")
@@ -300,9 +329,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.tap = False
     if args.command == "tap":
         if not args.tapped:
-            raise CliError(EXIT_USAGE, "%s tap: which command? e.g. '%s tap declare queue q'" % (PROG, PROG))
+            raise CliError(EXIT_USAGE, "which command? e.g. '%s tap declare queue q'" % PROG, PROG + " tap")
         if args.tapped[0] == "tap":
-            raise CliError(EXIT_USAGE, "%s tap: tap once is enough" % PROG)
+            raise CliError(EXIT_USAGE, "tap once is enough", PROG + " tap")
         inner = parser.parse_args(args.tapped)
         for name in _GLOBALS:
             if not hasattr(inner, name) and hasattr(args, name):
@@ -346,7 +375,7 @@ class Progress:
         self.stream = stream
         self.started = time.monotonic()
         self.last = self.started
-        self.step = max(1, total // 10) if total else 0
+        self.step = max(1, total // 10) if total and total >= 20 else 0
         self.next = self.step
 
     def _write(self, text: str) -> None:
@@ -390,6 +419,8 @@ def cmd_publish(client: Any, args: argparse.Namespace) -> int:
         body = os.fsencode(args.body)
     else:
         stdin = sys.stdin
+        if stdin is not None and stdin.isatty():
+            _say("%s: reading the message body from the terminal (end it with Ctrl-D)" % PROG)
         body = stdin.buffer.read() if stdin is not None else b""
     headers = dict(args.header)
     if args.persistent:
@@ -401,8 +432,12 @@ def cmd_publish(client: Any, args: argparse.Namespace) -> int:
     exchange, routing_key, mandatory = args.exchange, args.routing_key, args.mandatory
     window = args.window
     inflight: deque[int] = deque()
+    try:  # the first publish encodes the headers: a bad one is a usage error
+        inflight.append(publish(exchange, routing_key, body, headers, mandatory))
+    except (TypeError, ValueError) as exc:
+        raise CliError(EXIT_USAGE, "cannot publish with these headers: %s" % exc) from exc
     done = 0
-    for _ in range(count):
+    for _ in range(count - 1):
         inflight.append(publish(exchange, routing_key, body, headers, mandatory))
         if len(inflight) >= window:
             wait(inflight.popleft())
@@ -423,8 +458,9 @@ def cmd_consume(client: Any, args: argparse.Namespace) -> int:
     count = args.count
     quiet = args.quiet
     no_ack = args.no_ack
-    if count is None and not quiet:
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if count is None and not quiet and reconfigure is not None:
+        reconfigure(line_buffering=True)  # show each message as it comes, even through a pipe
     progress = Progress("consumed", count) if count is not None or quiet else None
     consume = client.basic_consume(queue=args.queue, prefetch_count=args.prefetch, no_ack=no_ack)
     wait = client.wait
@@ -520,15 +556,13 @@ def cmd_unbind(client: Any, args: argparse.Namespace) -> int:
 
 
 def _frame_logger() -> Any:
+    """FrameLogger on a private logger (outside logging's registry) that writes frames to stderr."""
     from .tracing import FrameLogger
 
-    logger = logging.getLogger("puka.cli.frames")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    logger = logging.Logger("puka.cli.tap", logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
     return FrameLogger(logger)
 
 
@@ -628,6 +662,8 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError(
                 EXIT_CONNECTION, "connection to %s lost: %s" % (where, _one_line(_describe(exc), secrets))
             ) from exc
+        except (CliError, BrokenPipeError):
+            raise  # already one line / stdout's reader went away (main() stops quietly)
         except (puka.AMQPError, puka.PromiseFinished) as exc:
             raise CliError(EXIT_AMQP, _one_line(_describe(exc), secrets)) from exc
         except OSError as exc:
@@ -643,7 +679,7 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError(EXIT_AMQP, _one_line(message, secrets)) from exc
         _close(client)
         return code  # type: ignore[no-any-return]
-    except (CliError, Exception):
+    except Exception:
         if client is not None:
             _close(client)
         raise
@@ -664,26 +700,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module doc)."""
     if argv is None:
         argv = sys.argv[1:]
-    debug = "--debug" in argv
+    debug = False
+    quiet = logging.NullHandler()
     puka_log = logging.getLogger("puka")
-    if debug:
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
-    elif not puka_log.handlers:
-        # puka logs what it also raises (a closed connection...): the one error line says it.
-        puka_log.addHandler(logging.NullHandler())
-        puka_log.propagate = False
     try:
         try:
             args = parse_args(argv)
         except SystemExit as exc:  # --help
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        debug = args.debug
+        if debug:
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        else:
+            # puka logs what it also raises (a closed connection...): the one error line says it.
+            # (A handler here keeps logging's last resort from printing; records still propagate.)
+            puka_log.addHandler(quiet)
         return _run(args)
     except CliError as exc:
         if debug and exc.__cause__ is not None:
             import traceback
 
             traceback.print_exception(exc.__cause__)
-        _say("%s: error: %s" % (PROG, exc.message))
+        _say("%s: error: %s" % (exc.prog, exc.message))
         return exc.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -700,6 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _say("%s: error: unexpected %s: %s (run with --debug for the traceback)" % (PROG, type(exc).__name__, exc))
         return EXIT_AMQP
+    finally:
+        puka_log.removeHandler(quiet)
 
 
 if __name__ == "__main__":

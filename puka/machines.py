@@ -60,12 +60,19 @@ if TYPE_CHECKING:
 
 
 class _LazyLogger:
-    """The 'puka' logger, imported on first use: logging is not needed to start."""
+    """The 'puka' logger, imported on first use: logging is not needed to start.
+
+    Like any library, puka adds a NullHandler: without logging configured by
+    the application, nothing is printed (every failure also reaches a promise).
+    """
 
     def __getattr__(self, name: str) -> Any:
         import logging
 
-        return getattr(logging.getLogger("puka"), name)
+        logger = logging.getLogger("puka")
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
+        return getattr(logger, name)
 
 
 log: Any = _LazyLogger()
