@@ -25,6 +25,7 @@ from . import spec
 from .connection import OPEN, Connection
 from .exceptions import ConnectionBroken, PromiseFinished
 from .machines import MAX_MESSAGE_SIZE, Session
+from .promise import ErrorResult
 from .urls import check_option, parse_amqp_url
 
 TYPE_CHECKING = False
@@ -42,6 +43,9 @@ CLOSE_TIMEOUT = 5.0
 #: Bytes waiting to be written above which basic_publish runs the event loop until they drain.
 PUBLISH_HIGH_WATER = 64 * 1024 * 1024
 
+
+#: puka.tracing, imported when the first Client with middleware is made.
+_tracing: Any = None
 
 _MESSAGE_METHODS = frozenset(
     (spec.METHODS_BY_NAME["basic.deliver"].method_id, spec.METHODS_BY_NAME["basic.get-ok"].method_id)
@@ -226,11 +230,13 @@ class Client:
         self.middleware = list(middleware)
         self._chain: Any = None
         if self.middleware:
-            from .tracing import Chain
+            global _tracing
+            from . import tracing as _tracing
 
-            self._chain = Chain(self, self.middleware)
+            self._chain = _tracing.Chain(self, self.middleware)
             if self._chain.frame_watchers:
                 self._conn.frame_tap = self._chain
+            self._session.on_closed = self._chain.close
         #: (promise number, delivery tag) -> Delivery, for deliveries awaiting settlement (middleware only)
         self._deliveries: dict[tuple[int, int], Any] = {}
         self._loop_break = False
@@ -370,11 +376,7 @@ class Client:
             state = promise.state
             result = take(promise)
             if chain is not None and promise.callback is not None and _is_message(result):
-                delivery = self._delivered(promise, state, result, "callback")
-                try:
-                    promise.callback(promise.number, result)
-                finally:
-                    chain.deliver_done(delivery)
+                self._run_observed_callback(promise, state, result)
             elif promise.callback is not None:
                 promise.callback(promise.number, result)
 
@@ -430,12 +432,10 @@ class Client:
         if len(session.ready) > session.compact_at:
             session.compact_ready()
         if self._chain is not None and _is_message(result):
-            delivery = self._delivered(promise, state, result, "callback" if promise.callback else "wait")
             if promise.callback is not None:
-                try:
-                    promise.callback(promise.number, result)
-                finally:
-                    self._chain.deliver_done(delivery)
+                self._run_observed_callback(promise, state, result)
+            else:
+                self._delivered(promise, state, result, "wait")
             return result
         if promise.callback is not None:
             promise.callback(promise.number, result)
@@ -443,12 +443,21 @@ class Client:
             raise result.exception.with_traceback(None)
         return result
 
+    def _run_observed_callback(self, promise: Promise, state: Any, message: Any) -> None:
+        delivery = self._delivered(promise, state, message, "callback")
+        try:
+            promise.callback(promise.number, message)  # type: ignore[misc]
+        except BaseException as exc:
+            delivery.error = exc
+            raise
+        finally:
+            self._chain.deliver_done(delivery)
+
     def _delivered(self, promise: Promise, state: Any, message: Any, style: str) -> Any:
         """Tell the middleware a message reaches the application."""
-        from .tracing import Delivery
-
         queue = None
         no_ack = True
+        kind = "deliver"
         consumers = getattr(state, "consumers", None)
         if consumers is not None:
             no_ack = state.no_ack
@@ -459,7 +468,8 @@ class Client:
         elif isinstance(state, dict):  # basic_get
             queue = state.get("queue")
             no_ack = state.get("no_ack", False)
-        delivery = Delivery(self, message, promise.number, queue, no_ack, style)
+            kind = "get"
+        delivery = _tracing.Delivery(self, message, promise.number, queue, no_ack, style, kind)
         if not no_ack:
             self._deliveries[(promise.number, message["delivery_tag"])] = delivery
         self._chain.deliver(delivery)
@@ -521,7 +531,7 @@ class Client:
         missing exchange), ``ConnectionBroken``.
         """
         session = self._session
-        if self._chain is not None:
+        if self._chain is not None and self._chain.observes_publish():
             return self._publish_observed(exchange, routing_key, body, headers, mandatory, callback)
         number = session.publish(exchange, routing_key, body, headers, mandatory, callback)
         if self._conn._out_size > PUBLISH_HIGH_WATER:
@@ -531,26 +541,32 @@ class Client:
     def _publish_observed(
         self, exchange: str, routing_key: str, body: Any, headers: Any, mandatory: bool, callback: Any
     ) -> int:
-        from .tracing import OutgoingPublish
-
         session = self._session
         if session.error is not None:
             raise session._broken_error()
-        size = (
-            len(body.encode("utf-8")) if isinstance(body, str) else memoryview(body).nbytes if body is not None else 0
+        if body.__class__ is bytes:
+            size = len(body)
+        elif isinstance(body, str):
+            size = len(body.encode("utf-8"))
+        else:
+            try:
+                size = memoryview(body).nbytes
+            except TypeError:
+                size = 0  # session.publish raises the TypeError for it
+        publish = _tracing.OutgoingPublish(
+            self, exchange, routing_key, dict(headers) if headers else {}, size, mandatory
         )
-        publish = OutgoingPublish(self, exchange, routing_key, dict(headers or {}), size, mandatory)
         publish.promise = session.next_number
         chain = self._chain
         chain.publish(publish)
         try:
             number = session.publish(exchange, routing_key, body, publish.headers, mandatory, callback)
         except Exception as exc:
-            from .promise import ErrorResult
-
             chain.publish_done(publish, ErrorResult(exc))
             raise
-        session.promises[number].observer = lambda promise, result: chain.publish_done(publish, result)
+        promise = session.promises[number]
+        promise.state = publish
+        promise.observer = chain.publish_observer
         if self._conn._out_size > PUBLISH_HIGH_WATER:
             self._drain()
         return number
@@ -612,9 +628,7 @@ class Client:
         session = self._check()
         if self._chain is None:
             return session.get(queue, no_ack, callback)
-        from .tracing import GetOperation
-
-        get = GetOperation(self, queue, no_ack)
+        get = _tracing.GetOperation(self, queue, no_ack)
         get.promise = session.next_number
         self._chain.get(get)
         number = session.get(queue, no_ack, callback)
@@ -626,31 +640,35 @@ class Client:
 
     def basic_ack(self, msg_result: dict[str, Any], multiple: bool = False) -> None:
         """Acknowledge a delivered message (and, with ``multiple``, every earlier one of its consume)."""
-        self._session.settle(msg_result, "ack", multiple=multiple)
-        if self._chain is not None:
-            self._settled(msg_result, "ack", multiple)
+        self._session.settle(msg_result, "ack", multiple=multiple, before_send=self._settle_hook("ack"))
 
     def basic_reject(self, msg_result: dict[str, Any], requeue: bool = True) -> None:
         """Reject a delivered message, requeueing it by default."""
-        self._session.settle(msg_result, "reject", requeue=requeue)
-        if self._chain is not None:
-            self._settled(msg_result, "reject", False)
+        self._session.settle(msg_result, "reject", requeue=requeue, before_send=self._settle_hook("reject"))
 
     def basic_nack(self, msg_result: dict[str, Any], requeue: bool = True, multiple: bool = False) -> None:
         """Negatively acknowledge a delivered message (RabbitMQ's basic.nack)."""
-        self._session.settle(msg_result, "nack", requeue=requeue, multiple=multiple)
-        if self._chain is not None:
-            self._settled(msg_result, "nack", multiple)
+        self._session.settle(
+            msg_result, "nack", requeue=requeue, multiple=multiple, before_send=self._settle_hook("nack")
+        )
 
-    def _settled(self, message: dict[str, Any], verb: str, multiple: bool) -> None:
-        number, tag = message["promise_number"], message["delivery_tag"]
-        if multiple:
-            keys = [key for key in self._deliveries if key[0] == number and key[1] <= tag]
-        else:
-            keys = [(number, tag)]
-        for key in keys:
-            delivery = self._deliveries.pop(key, None)
-            self._chain.settle(delivery, delivery.message if delivery is not None else message, verb)
+    def _settle_hook(self, verb: str) -> Callable[[dict[str, Any], list[int]], None] | None:
+        """For the middleware: called with the message and the settled delivery tags, before sending."""
+        if self._chain is None:
+            return None
+        chain = self._chain
+        deliveries = self._deliveries
+
+        def settled(message: dict[str, Any], tags: list[int]) -> None:
+            number = message["promise_number"]
+            for tag in tags:
+                delivery = deliveries.pop((number, tag), None)
+                if delivery is not None:
+                    chain.settle(delivery, delivery.message, verb)
+                elif tag == message["delivery_tag"]:
+                    chain.settle(None, message, verb)
+
+        return settled
 
     # --- the simple operations (see OPERATIONS) --------------------------------------------------
 

@@ -257,6 +257,8 @@ class Session:
         self.connect_promise: Promise | None = None
         self.close_promise: Promise | None = None
         self.pending_until_open: list[tuple[Promise, Callable[[Promise], None]]] = []
+        #: called once, after every promise failed, when the connection is gone
+        self.on_closed: Callable[[], None] | None = None
 
         # Publishing state (channel 1).
         self.pub_channel = Channel(PUBLISH_CHANNEL)
@@ -732,6 +734,7 @@ class Session:
         was_closing = self.status == "closing"
         self.status = "closed"
         self.error = exc
+        on_closed = self.on_closed
         if was_closing and self.close_promise is not None and not self.close_promise.final:
             # A close that could not complete (peer gone, or blocked): closed all the same.
             self.resolve(self.close_promise, Result())
@@ -746,6 +749,8 @@ class Session:
         self.pending_until_open.clear()
         self.waiting_for_channel.clear()
         self.pub_ready = False
+        if on_closed is not None:
+            on_closed()
 
     def _explain_handshake_failure(self, exc: BaseException) -> BaseException:
         if isinstance(exc, ConnectionBroken) and "closed by the peer" in str(exc) and self.server_properties:
@@ -1167,8 +1172,19 @@ class Session:
         self.with_channel(promise, start)
         return promise.number
 
-    def settle(self, message: Any, verb: str, requeue: bool = True, multiple: bool = False) -> None:
-        """basic.ack / basic.nack / basic.reject a delivered message (no promise: no reply)."""
+    def settle(
+        self,
+        message: Any,
+        verb: str,
+        requeue: bool = True,
+        multiple: bool = False,
+        before_send: Callable[[Any, list[int]], None] | None = None,
+    ) -> None:
+        """basic.ack / basic.nack / basic.reject a delivered message (no promise: no reply).
+
+        ``before_send(message, tags)`` is called once the settlement is known
+        valid, with every delivery tag it settles, just before it is sent.
+        """
         if self.error is not None:
             raise self._broken_error()
         try:
@@ -1185,14 +1201,12 @@ class Session:
                 % (verb, tag)
             )
         unacked = channel.unacked
-        if multiple:
-            settled = [t for t in unacked if t <= tag]
-            for t in settled:
-                del unacked[t]
-            count = len(settled)
-        else:
-            del unacked[tag]
-            count = 1
+        settled = [t for t in unacked if t <= tag] if multiple else [tag]
+        if before_send is not None:
+            before_send(message, settled)
+        for t in settled:
+            del unacked[t]
+        count = len(settled)
         if verb == "ack":
             payload = _encode_ack(tag, multiple)
         elif verb == "nack":

@@ -156,9 +156,15 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
 
 def check_option(name: str, value: Any) -> None:
     """ValueError unless a numeric connection setting is finite and in range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-        float("inf"),
-        float("-inf"),
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != value
+        or value
+        in (
+            float("inf"),
+            float("-inf"),
+        )
     ):
         raise ValueError("%s must be a finite number, not %r" % (name, value))
     if name == "heartbeat" and not 0 <= value <= 65535:

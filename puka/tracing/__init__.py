@@ -61,12 +61,24 @@ class OutgoingPublish:
 
 
 class Delivery:
-    """A message handed to the application, by a callback (``style='callback'``) or ``wait``."""
+    """A message handed to the application, by a callback (``style='callback'``) or ``wait``.
 
-    __slots__ = ("client", "message", "promise", "queue", "no_ack", "style", "context")
+    ``kind`` is ``'deliver'`` for a consumed message and ``'get'`` for a
+    basic.get result; ``error`` is the exception the callback raised, once
+    on_deliver_done is called (None when it returned normally).
+    """
+
+    __slots__ = ("client", "message", "promise", "queue", "no_ack", "style", "kind", "error", "context")
 
     def __init__(
-        self, client: Any, message: dict[str, Any], promise: int, queue: str | None, no_ack: bool, style: str
+        self,
+        client: Any,
+        message: dict[str, Any],
+        promise: int,
+        queue: str | None,
+        no_ack: bool,
+        style: str,
+        kind: str = "deliver",
     ) -> None:
         self.client = client
         self.message = message
@@ -74,6 +86,8 @@ class Delivery:
         self.queue = queue
         self.no_ack = no_ack
         self.style = style
+        self.kind = kind
+        self.error: BaseException | None = None
         self.context: dict[Any, Any] = {}
 
 
@@ -153,6 +167,15 @@ class Middleware:
     def bind(self, client: Any) -> None:
         """Called once, when a Client is created with this middleware."""
 
+    def observes_publish(self) -> bool:
+        """Whether on_publish/on_publish_done have work to do right now.
+
+        Asked at every publish: when no middleware wants it, the publish takes
+        the plain path (no OutgoingPublish, no hooks).  Default: True when
+        on_publish or on_publish_done is overridden.
+        """
+        return _overrides(self, "on_publish") or _overrides(self, "on_publish_done")
+
     def on_publish(self, publish: OutgoingPublish) -> None:
         """A message is about to be published; ``publish.headers`` may be changed."""
 
@@ -165,13 +188,14 @@ class Middleware:
         """A message is handed to the application (before its callback runs, or as ``wait`` returns it)."""
 
     def on_deliver_done(self, delivery: Delivery) -> None:
-        """The callback that received the message returned (callback style only)."""
+        """The callback that received the message returned or raised (callback style only;
+        ``delivery.error`` holds what it raised)."""
 
     def on_settle(self, delivery: Delivery | None, message: dict[str, Any], verb: str) -> None:
-        """The application acked, nacked or rejected a message (``verb``: ack/nack/reject).
+        """The application acks, nacks or rejects a message (``verb``: ack/nack/reject).
 
-        ``delivery`` is None when the message was not seen by on_deliver
-        (e.g. settled from a basic.get result)."""
+        Called once the settlement is known valid, just before it is sent.
+        ``delivery`` is None when the message was not seen by on_deliver."""
 
     def on_get(self, get: GetOperation) -> None:
         """basic_get was called."""
@@ -191,7 +215,10 @@ def _overrides(middleware: Middleware, name: str) -> bool:
 
 
 class Chain:
-    """The middleware of one client, called in order; errors logged, never raised."""
+    """The middleware of one client, called in order; errors logged, never raised.
+
+    Each hook is called only on the middleware that override it (lists made once).
+    """
 
     def __init__(self, client: Any, middleware: list[Middleware]) -> None:
         self.client = client
@@ -199,46 +226,80 @@ class Chain:
         for mw in self.middleware:
             if not isinstance(mw, Middleware):
                 raise TypeError("middleware must be puka.tracing.Middleware instances, not %r" % (mw,))
-        self.frame_watchers = [mw for mw in self.middleware if _overrides(mw, "on_frame")]
+
+        def overriding(*names: str) -> list[Middleware]:
+            return [mw for mw in self.middleware if any(_overrides(mw, name) for name in names)]
+
+        self.publishers = overriding("on_publish", "on_publish_done", "observes_publish")
+        self.deliverers = overriding("on_deliver", "on_deliver_done")
+        self.settlers = overriding("on_settle")
+        self.getters = overriding("on_get", "on_get_done")
+        self.frame_watchers = overriding("on_frame")
+        self.closed = False
         self._out_reader = FrameReader(frame_max=0)
         for mw in self.middleware:
             self._call(mw.bind, client)
 
-    def _call(self, hook: Any, *args: Any) -> None:
+    @staticmethod
+    def _call(hook: Any, *args: Any) -> None:
         try:
             hook(*args)
         except Exception:
             log.exception("middleware hook %s failed (ignored)", getattr(hook, "__qualname__", hook))
 
+    def observes_publish(self) -> bool:
+        for mw in self.publishers:
+            try:
+                if mw.observes_publish():
+                    return True
+            except Exception:
+                log.exception("middleware hook %s.observes_publish failed (ignored)", type(mw).__name__)
+                return True
+        return False
+
     def publish(self, publish: OutgoingPublish) -> None:
-        for mw in self.middleware:
-            self._call(mw.on_publish, publish)
+        for mw in self.publishers:
+            try:
+                mw.on_publish(publish)
+            except Exception:
+                log.exception("middleware hook %s.on_publish failed (ignored)", type(mw).__name__)
 
     def publish_done(self, publish: OutgoingPublish, result: Any) -> None:
-        for mw in self.middleware:
-            self._call(mw.on_publish_done, publish, result)
+        for mw in self.publishers:
+            try:
+                mw.on_publish_done(publish, result)
+            except Exception:
+                log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
+
+    def publish_observer(self, promise: Any, result: Any) -> None:
+        """Promise observer of an observed publish (its OutgoingPublish is the promise's state)."""
+        self.publish_done(promise.state, result)
 
     def deliver(self, delivery: Delivery) -> None:
-        for mw in self.middleware:
+        for mw in self.deliverers:
             self._call(mw.on_deliver, delivery)
 
     def deliver_done(self, delivery: Delivery) -> None:
-        for mw in self.middleware:
+        for mw in self.deliverers:
             self._call(mw.on_deliver_done, delivery)
 
     def settle(self, delivery: Delivery | None, message: dict[str, Any], verb: str) -> None:
-        for mw in self.middleware:
+        for mw in self.settlers:
             self._call(mw.on_settle, delivery, message, verb)
 
     def get(self, get: GetOperation) -> None:
-        for mw in self.middleware:
+        for mw in self.getters:
             self._call(mw.on_get, get)
 
     def get_done(self, get: GetOperation, result: Any) -> None:
-        for mw in self.middleware:
+        for mw in self.getters:
             self._call(mw.on_get_done, get, result)
 
     def close(self) -> None:
+        """The client closes or lost its connection (called once)."""
+        if self.closed:
+            return
+        self.closed = True
         for mw in self.middleware:
             self._call(mw.on_close, self.client)
 

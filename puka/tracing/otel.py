@@ -57,6 +57,10 @@ Under ``opentelemetry.instrumentation.utils.suppress_instrumentation()`` nothing
 but the active context is still injected into published messages.  With no SDK configured
 (``tracer_provider=None`` and no global provider) no span is started at all.
 
+A settle span covers the client's side of an ack (RabbitMQ does not answer acks): from the
+moment the settlement is known valid to its frame being queued.  Wait-style process spans
+still open when the connection closes or breaks are ended by ``on_close``.
+
 :class:`PukaInstrumentor` (needs ``opentelemetry-instrumentation``) adds the middleware to every
 ``puka.Client`` created while it is on, for ``opentelemetry-instrument``.
 """
@@ -66,7 +70,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import sys
 import time
 
 try:
@@ -287,14 +290,13 @@ def _consumer_parts(exchange: str, routing_key: str, queue: str | None) -> list[
 class _Operation:
     """A span in progress (or only its timing, when tracing is off)."""
 
-    __slots__ = ("span", "start", "destination", "token", "exc_before", "style", "ended", "key")
+    __slots__ = ("span", "start", "destination", "token", "style", "ended", "key")
 
     def __init__(self, span: Any, start: int, destination: _Destination) -> None:
         self.span = span
         self.start = start
         self.destination = destination
         self.token: Any = None
-        self.exc_before: BaseException | None = None
         self.style = ""
         self.ended = False
         self.key: Any = None
@@ -398,6 +400,14 @@ class OpenTelemetryMiddleware(Middleware):
         self._open: dict[int, dict[Any, _Operation]] = {}
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def observes_publish(self) -> bool:
+        """Publishes need this middleware when spans or metrics are recorded, or a context
+        is active to pass on; otherwise they take the client's plain path."""
+        if _get_current():
+            return True
+        tracing, metering = self._enabled()
+        return tracing or metering
 
     def _enabled(self) -> tuple[bool, bool]:
         """(tracing, metering): whether spans and metrics can be recorded at all.
@@ -593,7 +603,7 @@ class OpenTelemetryMiddleware(Middleware):
 
     def on_deliver(self, delivery: Delivery) -> None:
         message = delivery.message
-        if "consumer_tag" not in message:
+        if delivery.kind == "get":
             return  # a basic.get result: its receive span and count are done in on_get_done
         client = delivery.client
         if delivery.no_ack and self._open:
@@ -647,7 +657,6 @@ class OpenTelemetryMiddleware(Middleware):
         operation.style = delivery.style
         delivery.context[self] = operation
         if delivery.style == "callback":
-            operation.exc_before = sys.exc_info()[1]
             if span is not None:
                 operation.token = _context.attach(_trace.set_span_in_context(span, parent))
         else:
@@ -659,11 +668,7 @@ class OpenTelemetryMiddleware(Middleware):
         operation = delivery.context.get(self)
         if operation is None or operation.ended:
             return
-        exc = sys.exc_info()[1]  # the exception the callback raised, if any (this runs in a finally)
-        if exc is not None and exc is not operation.exc_before:
-            self._end_process(operation, exc)
-        else:
-            self._end_process(operation)
+        self._end_process(operation, delivery.error)
 
     def _end_process(self, operation: _Operation, exc: BaseException | None = None) -> None:
         if operation.ended:
