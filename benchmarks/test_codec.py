@@ -1,7 +1,7 @@
 """Codec benchmarks: puka against the original puka 0.0.8 and pamqp, same run.
 
 Run: ``python -m pytest benchmarks/test_codec.py --benchmark-only``, then
-``python tools/bench_report.py`` for the ratios.  Each group holds the same
+``python tools/bench_codec.py`` for the ratios.  Each group holds the same
 work done by each library:
 
 * ``encode-publish``: a basic.publish method and its content header with

@@ -15,7 +15,7 @@ written together.  Heartbeats and timeouts run from ``loop.call_later``.
 
 The OpenTelemetry context flows as with any code on the loop: a span started
 before an ``await`` is current when the task calls ``basic_publish`` again,
-so it is the parent of the publish span.
+so it is the parent of the publish span.  For example::
 
     import asyncio, puka.asyncio
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from . import spec
-from .connection import OPEN, Connection
+from .connection import CLOSED, IDLE, OPEN, Connection
 from .exceptions import ConnectionBroken, PromiseFinished
 from .machines import MAX_MESSAGE_SIZE, Session
 from .promise import ErrorResult
@@ -108,7 +108,8 @@ class SslConnectionParameters:
         self.context = context
 
     @property
-    def require_certificate(self) -> bool:  # the original puka's name
+    def require_certificate(self) -> bool:
+        """The original puka's name for ``verify``."""
         return self.verify
 
     @require_certificate.setter
@@ -116,6 +117,7 @@ class SslConnectionParameters:
         self.verify = value
 
     def make_context(self) -> ssl.SSLContext:
+        """The ``ssl.SSLContext`` these settings describe."""
         import ssl
 
         if self.context is not None:
@@ -312,6 +314,7 @@ class Client:
         self._conn.close()
 
     def fileno(self) -> int:
+        """The socket's file descriptor (for select/poll/epoll)."""
         return self._conn.fileno()
 
     def socket(self) -> Any:
@@ -319,12 +322,15 @@ class Client:
         return self._conn.sock
 
     def needs_write(self) -> bool:
+        """True when the event loop should wait for the socket to be writable."""
         return self._conn.needs_write()
 
     def on_read(self) -> None:
+        """Call when the socket is readable: reads, decodes and dispatches what arrived."""
         self._conn.on_read()
 
     def on_write(self) -> None:
+        """Call when the socket is writable: writes what is queued."""
         self._conn.on_write()
 
     def on_timer(self) -> float | None:
@@ -353,18 +359,24 @@ class Client:
 
     @property
     def server_properties(self) -> dict[str, Any]:
+        """What the broker announced in connection.start (product, version, capabilities...)."""
         return self._session.server_properties
 
     @property
     def frame_max(self) -> int:
+        """The largest frame, as negotiated with the broker."""
         return self._session.frame_max
 
     @property
     def channel_max(self) -> int:
+        """The most channels, as negotiated with the broker."""
         return self._session.channel_max
 
     def run_any_callbacks(self) -> None:
-        """Run the callbacks of every promise that has a result (never blocks, never raises them)."""
+        """Run the callbacks of every promise that has a result (never blocks, never raises them).
+
+        Results of promises that have no callback are taken and dropped.
+        """
         session = self._session
         ready = session.ready
         take = session.take
@@ -484,7 +496,10 @@ class Client:
         self.loop()
 
     def loop(self, timeout: float | None = None) -> None:
-        """Run the event loop and every callback until ``loop_break()`` or ``timeout`` seconds."""
+        """Run the event loop and every callback until ``loop_break()`` or ``timeout`` seconds.
+
+        Like :meth:`run_any_callbacks`, drops the results of promises that have no callback.
+        """
         self._loop_break = False
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = self._conn
@@ -507,6 +522,7 @@ class Client:
         self._loop_break = True
 
     def set_callback(self, promise_number: int, callback: Callback | None) -> None:
+        """Set (or clear) the callback of a pending promise."""
         self._lookup(promise_number).callback = callback
 
     # --- publishing and consuming ------------------------------------------------------------------
@@ -523,10 +539,11 @@ class Client:
         """Publish a message; the promise resolves when the broker confirms it.
 
         ``headers`` holds the basic properties under puka's names
-        (``content_type``, ``delivery_mode``, ``priority``, ``correlation_id``,
-        ``reply_to``, ``expiration``, ``message_id``, ``timestamp``, ``type_``,
-        ``user_id``, ``app_id``) and application headers, together; the dict is
-        not modified.  Errors: ``NoRoute`` when ``mandatory`` and no queue took
+        (``content_type``, ``content_encoding``, ``delivery_mode``,
+        ``priority``, ``correlation_id``, ``reply_to``, ``expiration``,
+        ``message_id``, ``timestamp``, ``type_``, ``user_id``, ``app_id``,
+        ``cluster_id``) and application headers, together; the dict is not
+        modified.  Errors: ``NoRoute`` when ``mandatory`` and no queue took
         it, ``PublishNacked``, the channel error (e.g. ``NotFound`` for a
         missing exchange), ``ConnectionBroken``.
         """
@@ -534,7 +551,7 @@ class Client:
         if self._chain is not None and self._chain.observes_publish():
             return self._publish_observed(exchange, routing_key, body, headers, mandatory, callback)
         number = session.publish(exchange, routing_key, body, headers, mandatory, callback)
-        if self._conn._out_size > PUBLISH_HIGH_WATER:
+        if self._conn._out_size + session.backlog_bytes > PUBLISH_HIGH_WATER:
             self._drain()
         return number
 
@@ -567,14 +584,17 @@ class Client:
         promise = session.promises[number]
         promise.state = publish
         promise.observer = chain.publish_observer
-        if self._conn._out_size > PUBLISH_HIGH_WATER:
+        if self._conn._out_size + session.backlog_bytes > PUBLISH_HIGH_WATER:
             self._drain()
         return number
 
     def _drain(self) -> None:
-        """Push back: run the event loop until the send buffer is below half the high water."""
+        """Push back: run the event loop until what waits to be sent is under half the high water."""
         conn = self._conn
-        while conn.state is OPEN and conn.backlog > PUBLISH_HIGH_WATER // 2:
+        session = self._session
+        if conn.state is IDLE:
+            return  # not connecting yet: nothing can drain
+        while conn.state is not CLOSED and conn.backlog + session.backlog_bytes > PUBLISH_HIGH_WATER // 2:
             conn.io_step(1.0)
 
     def basic_consume(
@@ -605,10 +625,13 @@ class Client:
         no_ack: bool = False,
         callback: Callback | None = None,
     ) -> int:
-        """Consume from several queues on one promise (and one prefetch window).
+        """Consume from several queues on one promise.
 
         Each item is a queue name or a dict with ``queue`` and optionally
         ``no_local``, ``exclusive``, ``arguments``, ``consumer_tag``.
+        ``prefetch_count`` applies to each queue's consumer (RabbitMQ's
+        per-consumer basic.qos): two queues with prefetch 5 may have ten
+        unacknowledged messages.
         """
         items = [{"queue": q} if isinstance(q, str) else dict(q) for q in queues]
         if not items:
@@ -616,7 +639,13 @@ class Client:
         return self._check().consume(items, prefetch_count, no_ack, callback)
 
     def basic_qos(self, consume_promise: int, prefetch_count: int = 0, callback: Callback | None = None) -> int:
-        """Change the prefetch window of a consume promise."""
+        """Change the prefetch window of a consume promise.
+
+        RabbitMQ applies basic.qos to consumers started after it, so the
+        promise's consumers are cancelled and started again (same tags) under
+        the new window.  Messages already delivered stay valid to acknowledge
+        and do not count against the new window.
+        """
         return self._check().qos(consume_promise, prefetch_count, callback)
 
     def basic_cancel(self, consume_promise: int, callback: Callback | None = None) -> int:

@@ -16,21 +16,24 @@ through ``send``/``send_many`` callables, and is told when the transport dies
   the connection is dropped with :class:`~puka.exceptions.ConnectionBroken`.
 
 * **Channels.**  Channel 0 runs the connection machine (handshake, close,
-  blocked/unblocked).  Channel 1 is the publish channel, in confirm mode when
-  the broker offers confirms.  Every other operation takes a channel from a
-  pool of open idle channels (opening one when none is idle), and gives it
+  blocked/unblocked).  Publishing uses one channel per exchange (a
+  :class:`Publisher`; channel 1 for the default exchange), in confirm mode
+  when the broker offers confirms.  Every other operation takes a channel from
+  a pool of open idle channels (opening one when none is idle), and gives it
   back when its promise is done and none of its messages awaits an ack.  A
   channel the broker closed (a soft error) fails only the promise using it.
 
-* **Publishing.**  Each publish gets the next delivery tag of the publish
-  channel and waits in ``inflight`` for basic.ack (single or ``multiple``) or
-  basic.nack.  basic.return arrives before the ack of the returned message;
-  mandatory publishes carry an ``x-puka-promise`` header, so the return fails
-  exactly its own promise.  A channel.close on the publish channel fails every
-  publish in flight and the channel is reopened; publishes made meanwhile wait
-  in ``backlog`` and go out once it is ready again.  With ``pubacks=False``
-  each publish is followed by a mandatory empty "footer" message the broker
-  returns, as the original puka did.
+* **Publishing.**  Each publish gets the next delivery tag of its exchange's
+  channel and waits in the publisher's ``inflight`` for basic.ack (single or
+  ``multiple``) or basic.nack.  basic.return arrives before the ack of the
+  returned message; mandatory publishes carry an ``x-puka-promise`` header, so
+  the return fails exactly its own promise.  A channel.close on a publish
+  channel (e.g. 404: the exchange does not exist) fails every publish in
+  flight on it -- all to that exchange -- and the channel is reopened;
+  publishes made meanwhile wait in the publisher's ``backlog`` and go out once
+  it is ready again.  With ``pubacks=False`` each publish is followed by a
+  mandatory empty "footer" message the broker returns, as the original puka
+  did.
 
 * **Failure.**  When the connection goes, every promise that has not
   finished gets an error result: the broker's hard error when it said one,
@@ -114,8 +117,10 @@ _encode_properties = spec.PROPERTIES[60].encode
 _decode_header = spec.PROPERTIES[60].decode_header
 _METHODS = spec.METHODS
 
-#: The channel every publish goes through.
+#: The channel of publishes to the default exchange (others get one channel per exchange).
 PUBLISH_CHANNEL = 1
+#: Exchanges with a publish channel of their own; beyond, they share the default exchange's.
+MAX_PUBLISHERS = 128
 #: The client's own limits, offered in connection.tune-ok (the smaller side wins).
 CHANNEL_MAX = 2047
 FRAME_MAX = 131072
@@ -145,6 +150,7 @@ class Channel:
 
     __slots__ = (
         "number",
+        "publisher",
         "handlers",
         "replies",
         "promise",
@@ -160,9 +166,11 @@ class Channel:
 
     def __init__(self, number: int) -> None:
         self.number = number
+        #: the Publisher using this channel, if it is a publish channel
+        self.publisher: Any = None
         #: method id -> handler(channel, method), kept until replaced
         self.handlers: dict[int, Callable[[Channel, Any], None]] = {}
-        #: one-shot replies, answered in order: (method ids, handler)
+        #: one-shot replies (method ids, handler), oldest first
         self.replies: deque[tuple[tuple[int, ...], Callable[[Channel, Any], None]]] = deque()
         self.promise: Promise | None = None
         self.is_open = False
@@ -178,6 +186,21 @@ class Channel:
     def expect(self, method_ids: tuple[int, ...], handler: Callable[[Channel, Any], None]) -> None:
         self.replies.append((method_ids, handler))
 
+    def take_reply(self, method_id: int) -> Callable[[Channel, Any], None] | None:
+        """The handler of the oldest pending reply that this method answers (None: unexpected).
+
+        Replies of one kind come in order; RabbitMQ may answer a later request
+        of another kind first (basic.consume-ok after a later basic.qos-ok).
+        """
+        replies = self.replies
+        if replies and method_id in replies[0][0]:
+            return replies.popleft()[1]
+        for index, (method_ids, handler) in enumerate(replies):
+            if method_id in method_ids:
+                del replies[index]
+                return handler
+        return None
+
     def reset(self) -> None:
         self.handlers.clear()
         self.replies.clear()
@@ -190,6 +213,50 @@ class Channel:
 
     def __repr__(self) -> str:
         return "<Channel %d%s>" % (self.number, " open" if self.is_open else "")
+
+
+class Publisher:
+    """The publishing state of one exchange: its confirm-mode channel and publishes in flight.
+
+    Each exchange publishes on a channel of its own, so that a channel error
+    caused by one exchange (missing, access refused) fails only the publishes
+    to that exchange.
+    """
+
+    __slots__ = (
+        "exchange",
+        "channel",
+        "ready",
+        "tag",
+        "low",
+        "inflight",
+        "returned",
+        "backlog",
+        "backlog_bytes",
+        "methods",
+    )
+
+    def __init__(self, exchange: str, channel: Channel) -> None:
+        self.exchange = exchange
+        self.channel = channel
+        channel.publisher = self
+        #: confirm.select-ok (or channel.open-ok without confirms) received
+        self.ready = False
+        #: next delivery tag, and the lowest that may still be in flight
+        self.tag = 1
+        self.low = 1
+        #: delivery tag (promise number without confirms) -> publish promise
+        self.inflight: dict[int, Promise] = {}
+        #: tags returned (basic.return) whose basic.ack is still to come
+        self.returned: set[int] = set()
+        #: publishes made before the channel is ready: (promise, method, properties, body)
+        self.backlog: deque[tuple[Promise, bytes, bytes, Any]] = deque()
+        self.backlog_bytes = 0
+        #: (routing key, mandatory) -> encoded basic.publish
+        self.methods: dict[tuple[str, bool], bytes] = {}
+
+    def __repr__(self) -> str:
+        return "<Publisher %r on channel %d, %d in flight>" % (self.exchange, self.channel.number, len(self.inflight))
 
 
 class Session:
@@ -260,16 +327,10 @@ class Session:
         #: called once, after every promise failed, when the connection is gone
         self.on_closed: Callable[[], None] | None = None
 
-        # Publishing state (channel 1).
-        self.pub_channel = Channel(PUBLISH_CHANNEL)
-        self.pub_ready = False
-        self.pub_tag = 1  # next delivery tag
-        self.pub_low = 1  # no tag below this is in flight
-        self.inflight: dict[int, Promise] = {}
-        self.returned: set[int] = set()
-        self.backlog: deque[tuple[Promise, bytes, bytes, Any]] = deque()
-        self._publish_cache: dict[tuple[str, str, bool], bytes] = {}
-        self.middleware: Any = None
+        #: exchange -> its publisher (the default exchange's uses channel 1)
+        self.publishers: dict[str, Publisher] = {"": Publisher("", Channel(PUBLISH_CHANNEL))}
+        #: body bytes of publishes waiting for their channel (counted for push-back)
+        self.backlog_bytes = 0
 
     # --- promises ---------------------------------------------------------------------------------
 
@@ -383,6 +444,8 @@ class Session:
 
     def _give_back(self, channel: Channel) -> None:
         channel.reset()
+        # An idle channel can still be closed by the broker (e.g. an administrator).
+        channel.handlers[CHANNEL_CLOSE] = self._on_channel_close
         if channel.unacked:
             channel.unacked.clear()
         if not channel.is_open or self.status != "open":
@@ -406,6 +469,8 @@ class Session:
         channel.unacked.clear()
         del self.channels[channel.number]
         self.free_numbers.append(channel.number)
+        if channel in self.idle_channels:
+            self.idle_channels.remove(channel)
         if promise is not None:
             promise.held = 0
             if promise.state is not None and hasattr(promise.state, "channel_closed"):
@@ -464,11 +529,10 @@ class Session:
                     continue
                 handler = channel.handlers.get(method_id)
                 if handler is None:
-                    replies = channel.replies
-                    if not replies or method_id not in replies[0][0]:
+                    handler = channel.take_reply(method_id)
+                    if handler is None:
                         self.violation("unexpected %s on channel %d" % (cls.name, number))
                         return
-                    handler = replies.popleft()[1]
                 handler(channel, method)
             elif frame_type == 2:
                 partial = channel.partial
@@ -535,11 +599,10 @@ class Session:
         method["headers"] = headers
         handler = channel.handlers.get(method.method_id)
         if handler is None:
-            replies = channel.replies
-            if not replies or method.method_id not in replies[0][0]:
+            handler = channel.take_reply(method.method_id)
+            if handler is None:
                 self.violation("unexpected %s on channel %d" % (method.name, channel.number))
                 return
-            handler = replies.popleft()[1]
         handler(channel, method)
 
     def violation(self, message: str, kind: type[ConnectionBroken] = ConnectionBroken) -> None:
@@ -649,7 +712,8 @@ class Session:
     def _on_open_ok(self, channel: Channel, method: Any) -> None:
         self.status = "open"
         self._set_deadline(None, "")
-        self._open_publish_channel()
+        for publisher in self.publishers.values():
+            self._open_publisher(publisher)
         promise = self.connect_promise
         if promise is not None:
             result = Result(self.server_properties and {"server_properties": self.server_properties})
@@ -744,11 +808,14 @@ class Session:
         for promise in list(self.promises.values()):
             if not promise.final:
                 self.fail(promise, exc)
-        self.inflight.clear()
-        self.backlog.clear()
+        for publisher in self.publishers.values():
+            publisher.inflight.clear()
+            publisher.backlog.clear()
+            publisher.backlog_bytes = 0
+            publisher.ready = False
+        self.backlog_bytes = 0
         self.pending_until_open.clear()
         self.waiting_for_channel.clear()
-        self.pub_ready = False
         if on_closed is not None:
             on_closed()
 
@@ -761,36 +828,58 @@ class Session:
 
     # --- publishing ---------------------------------------------------------------------------------
 
-    def _open_publish_channel(self) -> None:
-        channel = self.pub_channel
+    def _publisher(self, exchange: str) -> Publisher:
+        """The publisher of an exchange: its own channel, opened on first use."""
+        publisher = self.publishers.get(exchange)
+        if publisher is not None:
+            return publisher
+        number = None
+        if len(self.publishers) < MAX_PUBLISHERS:
+            if self.free_numbers:
+                number = self.free_numbers.pop()
+            elif self.next_fresh_number <= self.channel_max:
+                number = self.next_fresh_number
+                self.next_fresh_number += 1
+        if number is None:
+            # Out of channels: share the default exchange's (an error there fails both).
+            return self.publishers[""]
+        publisher = Publisher(exchange, Channel(number))
+        self.publishers[exchange] = publisher
+        if self.status == "open":
+            self._open_publisher(publisher)
+        return publisher
+
+    def _open_publisher(self, publisher: Publisher) -> None:
+        channel = publisher.channel
         channel.reset()
+        channel.publisher = publisher
         channel.handlers[CHANNEL_CLOSE] = self._on_publish_channel_close
         channel.handlers[BASIC_RETURN] = self._on_return
-        self.channels[PUBLISH_CHANNEL] = channel
-        self.send(method_frame(PUBLISH_CHANNEL, M["channel.open"].encode_args()))
+        self.channels[channel.number] = channel
+        self.send(method_frame(channel.number, M["channel.open"].encode_args()))
         if self.pubacks_in_use:
             channel.handlers[BASIC_ACK] = self._on_ack
             channel.handlers[BASIC_NACK] = self._on_nack
-            self.send(method_frame(PUBLISH_CHANNEL, M["confirm.select"].encode_args(False)))
-            channel.expect((CHANNEL_OPEN_OK,), self._on_publish_channel_opening)
-            channel.expect((CONFIRM_SELECT_OK,), self._on_publish_channel_ready)
+            self.send(method_frame(channel.number, M["confirm.select"].encode_args(False)))
+            channel.expect((CHANNEL_OPEN_OK,), _mark_open)
+            channel.expect((CONFIRM_SELECT_OK,), self._on_publisher_ready)
         else:
-            channel.expect((CHANNEL_OPEN_OK,), self._on_publish_channel_ready)
+            channel.expect((CHANNEL_OPEN_OK,), self._on_publisher_ready)
 
-    def _on_publish_channel_opening(self, channel: Channel, method: Any) -> None:
+    def _on_publisher_ready(self, channel: Channel, method: Any) -> None:
         channel.is_open = True
-
-    def _on_publish_channel_ready(self, channel: Channel, method: Any) -> None:
-        channel.is_open = True
-        self.pub_tag = 1
-        self.pub_low = 1
-        self.pub_ready = True
-        backlog = self.backlog
-        while backlog and self.pub_ready:
+        publisher = channel.publisher
+        publisher.tag = 1
+        publisher.low = 1
+        publisher.ready = True
+        backlog = publisher.backlog
+        while backlog and publisher.ready:
             promise, method_payload, properties, body = backlog.popleft()
+            publisher.backlog_bytes -= len(body)
+            self.backlog_bytes -= len(body)
             if promise.final:
                 continue
-            self._send_publish(promise, method_payload, properties, body)
+            self._send_publish(publisher, promise, method_payload, properties, body)
 
     def publish(
         self,
@@ -811,20 +900,23 @@ class Session:
             properties = self._encode_properties(headers, number, mandatory)
         else:
             properties = _EMPTY_PROPERTIES
-        key = (exchange, routing_key, mandatory)
-        method_payload = self._publish_cache.get(key)
+        publisher = self.publishers.get(exchange) or self._publisher(exchange)
+        key = (routing_key, mandatory)
+        method_payload = publisher.methods.get(key)
         if method_payload is None:
             method_payload = _encode_publish(exchange, routing_key, mandatory, False)
-            if len(self._publish_cache) >= 512:
-                self._publish_cache.clear()
-            self._publish_cache[key] = method_payload
+            if len(publisher.methods) >= 256:
+                publisher.methods.clear()
+            publisher.methods[key] = method_payload
         self.next_number = number + 1
         promise = Promise(number, callback)
         self.promises[number] = promise
-        if self.pub_ready:
-            self._send_publish(promise, method_payload, properties, body)
+        if publisher.ready:
+            self._send_publish(publisher, promise, method_payload, properties, body)
         else:
-            self.backlog.append((promise, method_payload, properties, body))
+            publisher.backlog.append((promise, method_payload, properties, body))
+            publisher.backlog_bytes += len(body)
+            self.backlog_bytes += len(body)
         return number
 
     def _encode_properties(self, headers: dict[str, Any] | None, number: int, mandatory: bool) -> bytes:
@@ -841,46 +933,52 @@ class Session:
             mode = props.get("delivery_mode")
             if mode is not None and mode not in (1, 2):
                 raise ValueError("delivery_mode must be 1 (transient) or 2 (persistent), not %r" % (mode,))
+            expiration = props.get("expiration")
+            if expiration is not None and not (isinstance(expiration, str) and expiration.isdigit()):
+                # RabbitMQ closes the channel for anything else (406): refuse it here.
+                raise ValueError("expiration must be a string of digits (milliseconds), not %r" % (expiration,))
         if mandatory or not self.pubacks_in_use:
             application[PROMISE_HEADER] = number
         if application:
             props["headers"] = application
         return _encode_properties(props)  # type: ignore[no-any-return]
 
-    def _send_publish(self, promise: Promise, method_payload: bytes, properties: bytes, body: Any) -> None:
-        frames = content_frames(PUBLISH_CHANNEL, method_payload, 60, properties, body, self.frame_max)
+    def _send_publish(
+        self, publisher: Publisher, promise: Promise, method_payload: bytes, properties: bytes, body: Any
+    ) -> None:
+        number = publisher.channel.number
+        frames = content_frames(number, method_payload, 60, properties, body, self.frame_max)
         if self.pubacks_in_use:
-            tag = self.pub_tag
-            self.pub_tag = tag + 1
+            tag = publisher.tag
+            publisher.tag = tag + 1
             promise.tag = tag
-            self.inflight[tag] = promise
+            publisher.inflight[tag] = promise
         else:
-            frames.append(self._footer(promise.number))
-            self.inflight[promise.number] = promise
+            frames.append(self._footer(number, promise.number))
+            publisher.inflight[promise.number] = promise
         if len(frames) == 1:
             self.send(frames[0])
         else:
             self.send_many(frames)
 
-    def _footer(self, number: int) -> bytes:
+    def _footer(self, channel: int, number: int) -> bytes:
         props = _encode_properties({"headers": {PROMISE_HEADER: number, FOOTER_HEADER: True}})
-        return b"".join(
-            content_frames(PUBLISH_CHANNEL, _encode_publish("", "", True, False), 60, props, b"", self.frame_max)
-        )
+        return b"".join(content_frames(channel, _encode_publish("", "", True, False), 60, props, b"", self.frame_max))
 
     def _on_ack(self, channel: Channel, method: Any) -> None:
+        publisher = channel.publisher
         tag = method["delivery_tag"]
-        inflight = self.inflight
-        if tag >= self.pub_tag:
+        inflight = publisher.inflight
+        if tag >= publisher.tag:
             self.violation("basic.ack for delivery tag %d, which was never published" % tag)
             return
         if method["multiple"]:
-            low = self.pub_low
+            low = publisher.low
             if tag < low:
                 self.violation("duplicate basic.ack (multiple) up to delivery tag %d" % tag)
                 return
             ready = self.ready
-            returned = self.returned
+            returned = publisher.returned
             for t in range(low, tag + 1):
                 promise = inflight.pop(t, None)
                 if promise is not None:
@@ -891,12 +989,12 @@ class Session:
                         promise.observer(promise, promise.results[0])
                 elif returned:
                     returned.discard(t)
-            self.pub_low = tag + 1
+            publisher.low = tag + 1
         else:
             promise = inflight.pop(tag, None)
             if promise is None:
-                if tag in self.returned:
-                    self.returned.discard(tag)
+                if tag in publisher.returned:
+                    publisher.returned.discard(tag)
                     return
                 self.violation("basic.ack for delivery tag %d, which is not in flight" % tag)
                 return
@@ -907,23 +1005,24 @@ class Session:
                 promise.observer(promise, promise.results[0])
 
     def _on_nack(self, channel: Channel, method: Any) -> None:
+        publisher = channel.publisher
         tag = method["delivery_tag"]
-        if tag >= self.pub_tag:
+        if tag >= publisher.tag:
             self.violation("basic.nack for delivery tag %d, which was never published" % tag)
             return
         if method["multiple"]:
-            if tag < self.pub_low:
+            if tag < publisher.low:
                 self.violation("duplicate basic.nack (multiple) up to delivery tag %d" % tag)
                 return
-            tags = range(self.pub_low, tag + 1)
-            self.pub_low = tag + 1
+            tags = range(publisher.low, tag + 1)
+            publisher.low = tag + 1
         else:
-            if tag not in self.inflight and tag not in self.returned:
+            if tag not in publisher.inflight and tag not in publisher.returned:
                 self.violation("basic.nack for delivery tag %d, which is not in flight" % tag)
                 return
             tags = range(tag, tag + 1)
         for t in tags:
-            promise = self.inflight.pop(t, None)
+            promise = publisher.inflight.pop(t, None)
             if promise is not None:
                 self.fail(
                     promise,
@@ -931,22 +1030,23 @@ class Session:
                     {"delivery_tag": t},
                 )
             else:
-                self.returned.discard(t)
+                publisher.returned.discard(t)
 
     def _on_return(self, channel: Channel, message: Any) -> None:
+        publisher = channel.publisher
         headers = message["headers"]
         number = headers.get(PROMISE_HEADER)
         promise = self.promises.get(number) if isinstance(number, int) else None
         if self.pubacks_in_use:
-            if promise is None or promise.tag is None or self.inflight.get(promise.tag) is not promise:
+            if promise is None or promise.tag is None or publisher.inflight.get(promise.tag) is not promise:
                 log.warning("basic.return of a message puka cannot match to a publish: %r", message)
                 return
-            del self.inflight[promise.tag]
-            self.returned.add(promise.tag)
+            del publisher.inflight[promise.tag]
+            publisher.returned.add(promise.tag)
         else:
-            if promise is None or self.inflight.get(number) is not promise:
+            if promise is None or publisher.inflight.get(number) is not promise:
                 return  # the footer of a message already returned
-            del self.inflight[number]
+            del publisher.inflight[number]
             if headers.get(FOOTER_HEADER):
                 self.resolve(promise, Result())
                 return
@@ -956,17 +1056,18 @@ class Session:
         self.fail(promise, exc, dict(message))
 
     def _on_publish_channel_close(self, channel: Channel, method: Any) -> None:
-        """The broker closed the publish channel: fail what is in flight, reopen."""
+        """The broker closed a publish channel: fail what is in flight on it, reopen it."""
+        publisher = channel.publisher
         exc = self.error_from_close(method)
-        log.warning("publish channel closed by the broker: %s", exc)
-        self.send(method_frame(PUBLISH_CHANNEL, M["channel.close-ok"].encode_args()))
+        log.warning("publish channel of exchange %r closed by the broker: %s", publisher.exchange, exc)
+        self.send(method_frame(channel.number, M["channel.close-ok"].encode_args()))
         channel.is_open = False
-        self.pub_ready = False
-        inflight, self.inflight = self.inflight, {}
-        self.returned.clear()
+        publisher.ready = False
+        inflight, publisher.inflight = publisher.inflight, {}
+        publisher.returned.clear()
         for promise in inflight.values():
             self.fail(promise, exc, dict(method))
-        self._open_publish_channel()
+        self._open_publisher(publisher)
 
     # --- operations on pooled channels ----------------------------------------------------------------
 
@@ -1016,9 +1117,13 @@ class Session:
             channel.handlers[BASIC_CANCEL] = self._on_server_cancel
             self.send(method_frame(channel.number, qos))
             channel.expect((BASIC_QOS_OK,), _ignore)
-            for consumer in consumers:
+            for i, consumer in enumerate(consumers):
                 self.send(method_frame(channel.number, _consume_payload(consumer, no_ack)))
-                channel.expect((BASIC_CONSUME_OK,), _ignore)
+                channel.expect((BASIC_CONSUME_OK,), started if i == len(consumers) - 1 else _ignore)
+
+        def started(channel: Channel, _reply: Any) -> None:
+            # RabbitMQ may answer a later method before basic.consume-ok (and a cancel
+            # sent before it crashes the channel): qos and cancel wait for this.
             state.started = True
             deferred, state.deferred = state.deferred, []
             for action in deferred:
@@ -1081,8 +1186,10 @@ class Session:
         """Change a consume promise's prefetch window.
 
         RabbitMQ applies a (per-consumer) basic.qos to consumers started after
-        it, so each consumer is started again under the new window and the old
-        one cancelled; deliveries of both belong to the same promise.
+        it, so each consumer is cancelled and started again, under the same
+        tag, with the new window.  Messages delivered before stay deliverable
+        and acknowledgeable; unacknowledged ones do not count against the new
+        window.
         """
         consume = self._consume_promise(consume_number, "basic_qos")
         payload = M["basic.qos"].encode_args(0, prefetch_count, False)
@@ -1094,28 +1201,21 @@ class Session:
                 self.resolve(promise, Result())
                 return
             self.send(method_frame(channel.number, payload))
-            replies: list[tuple[Any, int]] = [(None, BASIC_QOS_OK)]
-            state.generation += 1
-            renewed = []
+            replies = [BASIC_QOS_OK]
             for consumer in state.consumers:
-                fresh = dict(consumer, tag="puka.%d.%d.%d" % (consume.number, consumer["index"], state.generation))
-                cancel = method_frame(channel.number, M["basic.cancel"].encode_args(consumer["tag"], False))
-                start = method_frame(channel.number, _consume_payload(fresh, state.no_ack))
-                # An exclusive consumer must go before its successor can start.
-                order = [(cancel, BASIC_CANCEL_OK), (start, BASIC_CONSUME_OK)]
-                if not consumer["exclusive"]:
-                    order.reverse()
-                for frame, reply in order:
-                    self.send(frame)
-                    replies.append((frame, reply))
-                renewed.append(fresh)
-            state.consumers = renewed
-            for i, (_frame, reply) in enumerate(replies):
-                last = i == len(replies) - 1
-                channel.expect(
-                    (reply,),
-                    (lambda ch, m: self.resolve(promise, Result(prefetch_count=prefetch_count))) if last else _ignore,
-                )
+                # Same tag: RabbitMQ forgets a tag as it processes basic.cancel.
+                self.send(method_frame(channel.number, M["basic.cancel"].encode_args(consumer["tag"], False)))
+                self.send(method_frame(channel.number, _consume_payload(consumer, state.no_ack)))
+                replies += [BASIC_CANCEL_OK, BASIC_CONSUME_OK]
+            remaining = [len(replies)]
+
+            def answered(channel: Channel, reply: Any) -> None:
+                remaining[0] -= 1
+                if not remaining[0]:
+                    self.resolve(promise, Result(prefetch_count=prefetch_count))
+
+            for reply in replies:
+                channel.expect((reply,), answered)
 
         self._on_consume_channel(consume, switch)
         return promise.number
@@ -1223,6 +1323,10 @@ def _ignore(channel: Channel, method: Any) -> None:
     pass
 
 
+def _mark_open(channel: Channel, method: Any) -> None:
+    channel.is_open = True
+
+
 def _no_transport(exc: ConnectionBroken, flush: bool = False) -> None:
     pass
 
@@ -1242,12 +1346,11 @@ def _consume_payload(consumer: dict[str, Any], no_ack: bool) -> bytes:
 class ConsumeState:
     """What a consume promise remembers: its consumers, ack mode, what waits for its channel."""
 
-    __slots__ = ("no_ack", "consumers", "cancel_promise", "deferred", "started", "generation")
+    __slots__ = ("no_ack", "consumers", "cancel_promise", "deferred", "started")
 
     def __init__(self, no_ack: bool, consumers: list[dict[str, Any]]) -> None:
         self.no_ack = no_ack
         self.consumers = consumers
-        self.generation = 0
         self.cancel_promise: Promise | None = None
         self.deferred: list[Callable[[Channel], None]] = []
         self.started = False

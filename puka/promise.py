@@ -2,8 +2,9 @@
 
 Theory of operation: every operation of the client returns a promise number.
 The :class:`Promise` behind it collects results as the broker answers: most
-promises get exactly one (``final``), a consume promise gets one per delivered
-message and a last one when it ends.  A promise with results waiting is queued
+promises get exactly one (``final``); a consume promise gets one per delivered
+message, and an error result when it ends by failure (a basic_cancel ends it
+without a result).  A promise with results waiting is queued
 in the session's ``ready`` deque; ``wait``/``loop`` take results from there,
 run the user's callback and, once a final promise has handed out everything,
 forget it (and give back its channel).

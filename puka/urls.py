@@ -63,6 +63,7 @@ class ConnectionParameters:
 
     @property
     def tls(self) -> bool:
+        """True for ``amqps``."""
         return self.scheme == "amqps"
 
     def __repr__(self) -> str:

@@ -28,7 +28,8 @@ def test_in_flight_publishes_cost_under_500_bytes_each(amqp_url):
         finally:
             tracemalloc.stop()
         # Nothing was waited on: every publish is still in flight for the client.
-        assert len(client._session.inflight) + len(client._session.backlog) == IN_FLIGHT
+        publisher = client._session.publishers[""]
+        assert len(publisher.inflight) + len(publisher.backlog) == IN_FLIGHT
         unsent = client._conn.backlog  # frames not yet written (they contain the bodies)
         per_publish = (after - before - unsent) / IN_FLIGHT
         assert per_publish < BUDGET, "%.0f bytes per in-flight publish" % per_publish

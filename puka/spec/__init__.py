@@ -13,8 +13,11 @@ plain literals -- goes through the closure factories of
     ``synchronous``, ``has_content``, ``fields`` and ``encode(**fields)``
     (the method payload); an instance is the decoded dict of its fields.
 ``decode_method(buf, offset) -> (method, offset)``
+    decode a method payload (class id, method id, arguments).
 ``encode_properties(class_id, props) -> bytes`` / ``decode_properties(buf, offset, class_id=60)``
+    a content class's property list (flag words + values).
 ``encode_table(d) -> bytes`` / ``decode_table(buf, offset) -> (d, offset)``
+    AMQP field tables, as RabbitMQ speaks them.
 ``DecodeError``
     a ``ValueError``, the only exception malformed input raises.
 ``GENERATED``

@@ -8,7 +8,7 @@ and falls back to ``isinstance`` for subclasses.
 
 Decoding accepts every tag RabbitMQ produces (``t b B s u I i l L f d D S x A T
 F V``; ``b`` is signed, ``l`` and ``L`` are both signed 64-bit, as RabbitMQ
-reads them).  Encoding is lossless and never picks the 32-bit float:
+reads them).  Encoding is lossless and never picks the 32-bit float::
 
     bool -> t   int -> I (signed 32) or l (signed 64), larger -> ValueError
     float -> d  Decimal -> D  str -> S  bytes/bytearray/memoryview -> x
