@@ -126,6 +126,8 @@ class Client(_client.Client):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._session.pending_acks:
+            self._session.flush_acks()
         conn = self._conn
         if conn.state is OPEN and conn.backlog:
             conn.on_write()

@@ -229,6 +229,8 @@ class Client:
             set_deadline=self._set_deadline,
             close_transport=self._close_transport,
         )
+        self._session.request_flush = self._request_flush
+        self._conn.prepare_write = self._flush_acks
         self.middleware = list(middleware)
         self._chain: Any = None
         if self.middleware:
@@ -333,6 +335,15 @@ class Client:
         """Call when the socket is writable: writes what is queued."""
         self._conn.on_write()
 
+    def _flush_acks(self) -> None:
+        if self._session.pending_acks:
+            self._session.flush_acks()
+
+    def _request_flush(self) -> None:
+        """The session has acks to send: event-loop adapters schedule a write."""
+        if self._conn.wakeup is not None:
+            self._conn.wakeup()
+
     def on_timer(self) -> float | None:
         """Run heartbeats and deadlines; returns seconds until they need this again.
 
@@ -420,6 +431,8 @@ class Client:
             if not promises:
                 raise ValueError("wait() needs at least one promise")
         conn = self._conn
+        if session.pending_acks:
+            session.flush_acks()
         if conn.state is OPEN and conn.backlog:
             conn.on_write()  # flush first: the caller cannot tell whether wait() ran select
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -514,6 +527,8 @@ class Client:
                 if remaining <= 0:
                     break
             conn.io_step(remaining)
+        if self._session.pending_acks:
+            self._session.flush_acks()
         if conn.state is OPEN and conn.backlog:
             conn.on_write()
 

@@ -54,6 +54,9 @@ COALESCE_LIMIT = 64 * 1024
 #: Most bytes handed to one send() call.
 SEND_CHUNK = 256 * 1024
 RECV_SIZE = 256 * 1024
+_poll = getattr(select, "poll", None)
+_POLLIN = getattr(select, "POLLIN", 1)
+_POLLOUT = getattr(select, "POLLOUT", 4)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EINTR)
 
 
@@ -93,6 +96,11 @@ class Connection:
         self.frame_tap: Any = None
         #: called when data is queued into an empty send buffer (event-loop adapters)
         self.wakeup: Callable[[], None] | None = None
+        #: called before the loop decides what to write (the layer above queues deferred frames)
+        self.prepare_write: Callable[[], None] | None = None
+        self._poller: Any = None
+        self._poll_fd = -1
+        self._poll_mask = 0
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -174,6 +182,8 @@ class Connection:
         return int(self.sock.fileno())
 
     def needs_write(self) -> bool:
+        if self.prepare_write is not None:
+            self.prepare_write()
         state = self.state
         if state is OPEN:
             return self._out_size > 0
@@ -252,6 +262,8 @@ class Connection:
 
     def on_write(self) -> None:
         """The socket is writable: send what is buffered (as much as it takes)."""
+        if self.prepare_write is not None:
+            self.prepare_write()
         state = self.state
         if state is not OPEN:
             if state is CONNECTING:
@@ -379,26 +391,52 @@ class Connection:
         sock = self.sock
         if self.state is CLOSED or sock is None:
             raise self.error or ConnectionBroken("connection closed")
-        now = time.monotonic()
-        timer = self.next_timer(now)
-        if timer is not None and (timeout is None or timer < timeout):
-            timeout = timer
+        timed = self.heartbeat or self.deadline is not None
+        if timed:
+            timer = self.next_timer(time.monotonic())
+            if timer is not None and (timeout is None or timer < timeout):
+                timeout = timer
         if self.ssl_context is not None and self.state is OPEN and sock.pending():
             timeout = 0
-        wlist = (sock,) if self.needs_write() else ()
         try:
-            r, w, _x = select.select((sock,), wlist, (), timeout)
-        except InterruptedError:
-            r = w = []
+            readable, writable = self._wait(sock, self.needs_write(), timeout)
         except (OSError, ValueError) as exc:
-            self._fail("select on %s failed: %s" % (self._where(), exc))
+            self._fail("waiting on %s failed: %s" % (self._where(), exc))
             return
-        if r or (self.ssl_context is not None and self.state is OPEN and sock.pending()):
+        if readable or (self.ssl_context is not None and self.state is OPEN and sock.pending()):
             self.on_read()
-        if w and self.state is not CLOSED:
+        if writable and self.state is not CLOSED:
             self.on_write()
-        if self.state is not CLOSED:
+        if timed and self.state is not CLOSED:
             self.check_timers(time.monotonic())
+
+    def _wait(self, sock: Any, want_write: bool, timeout: float | None) -> tuple[bool, bool]:
+        """Block until the socket is readable (or writable, when wanted), or ``timeout`` passes."""
+        poller = self._poller
+        if poller is None:
+            if _poll is None:  # no poll() (Windows): select
+                try:
+                    r, w, _x = select.select((sock,), (sock,) if want_write else (), (), timeout)
+                except InterruptedError:
+                    return False, False
+                return bool(r), bool(w)
+            poller = self._poller = _poll()
+            self._poll_fd = sock.fileno()
+            poller.register(self._poll_fd, _POLLIN)
+            self._poll_mask = _POLLIN
+        mask = _POLLIN | _POLLOUT if want_write else _POLLIN
+        if mask != self._poll_mask:
+            poller.modify(self._poll_fd, mask)
+            self._poll_mask = mask
+        try:
+            events = poller.poll(None if timeout is None else timeout * 1000.0)
+        except InterruptedError:
+            return False, False
+        if not events:
+            return False, False
+        happened = events[0][1]
+        # Errors and hang-ups read as readable: recv() then reports them.
+        return bool(happened & ~_POLLOUT), bool(happened & _POLLOUT)
 
     # --- closing ----------------------------------------------------------------------------------
 
@@ -440,6 +478,7 @@ class Connection:
 
     def _close_socket(self) -> None:
         self.state = CLOSED
+        self._poller = None
         self._out.clear()
         self._out_size = 0
         sock, self.sock = self.sock, None

@@ -126,6 +126,8 @@ CHANNEL_MAX = 2047
 FRAME_MAX = 131072
 #: Largest message body accepted from the broker (RabbitMQ's own maximum is 128 MiB).
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+#: Deferred acks of a channel are sent as one basic.ack(multiple) at least this often.
+ACK_BATCH = 64
 #: Header that ties a returned (mandatory) message to its publish promise.
 PROMISE_HEADER = "x-puka-promise"
 FOOTER_HEADER = "x-puka-footer"
@@ -162,6 +164,10 @@ class Channel:
         "chunks",
         "received",
         "unacked",
+        "low",
+        "last_tag",
+        "pending_ack",
+        "pending_count",
     )
 
     def __init__(self, number: int) -> None:
@@ -182,6 +188,12 @@ class Channel:
         self.received = 0
         #: delivery tag -> message, for deliveries that need an ack
         self.unacked: dict[int, Any] = {}
+        #: every delivery tag below ``low`` is settled; ``last_tag`` is the highest delivered
+        self.low = 0
+        self.last_tag = 0
+        #: highest tag whose ack is deferred (0: none), and how many acks it stands for
+        self.pending_ack = 0
+        self.pending_count = 0
 
     def expect(self, method_ids: tuple[int, ...], handler: Callable[[Channel, Any], None]) -> None:
         self.replies.append((method_ids, handler))
@@ -331,6 +343,9 @@ class Session:
         self.publishers: dict[str, Publisher] = {"": Publisher("", Channel(PUBLISH_CHANNEL))}
         #: body bytes of publishes waiting for their channel (counted for push-back)
         self.backlog_bytes = 0
+        #: channels with a deferred ack (see settle), and who to tell when the first one comes
+        self.pending_acks: list[Channel] = []
+        self.request_flush: Callable[[], None] | None = None
 
     # --- promises ---------------------------------------------------------------------------------
 
@@ -443,6 +458,9 @@ class Session:
         channel.handlers[CHANNEL_CLOSE] = self._on_channel_close
 
     def _give_back(self, channel: Channel) -> None:
+        if channel.pending_ack:
+            self._send_pending_ack(channel)
+        channel.low = channel.last_tag = 0
         channel.reset()
         # An idle channel can still be closed by the broker (e.g. an administrator).
         channel.handlers[CHANNEL_CLOSE] = self._on_channel_close
@@ -777,6 +795,7 @@ class Session:
             self.resolve(promise, Result())
             self.on_broken(exc)
             return promise
+        self.flush_acks()
         self.status = "closing"
         zero = self.channels[0]
         zero.replies.clear()
@@ -814,6 +833,7 @@ class Session:
             publisher.backlog_bytes = 0
             publisher.ready = False
         self.backlog_bytes = 0
+        self.pending_acks = []
         self.pending_until_open.clear()
         self.waiting_for_channel.clear()
         if on_closed is not None:
@@ -1140,7 +1160,11 @@ class Session:
             return
         message["promise_number"] = promise.number
         if not promise.state.no_ack:
-            channel.unacked[message["delivery_tag"]] = message
+            tag = message["delivery_tag"]
+            channel.unacked[tag] = message
+            channel.last_tag = tag
+            if not channel.low:
+                channel.low = tag
             promise.held += 1
         results = promise.results
         if results is None:
@@ -1265,7 +1289,11 @@ class Session:
                 return
             reply["promise_number"] = promise.number
             if not no_ack:
-                channel.unacked[reply["delivery_tag"]] = reply
+                tag = reply["delivery_tag"]
+                channel.unacked[tag] = reply
+                channel.last_tag = tag
+                if not channel.low:
+                    channel.low = tag
                 promise.held = 1
             self.resolve(promise, reply)
 
@@ -1306,17 +1334,47 @@ class Session:
             before_send(message, settled)
         for t in settled:
             del unacked[t]
-        count = len(settled)
-        if verb == "ack":
-            payload = _encode_ack(tag, multiple)
-        elif verb == "nack":
-            payload = _encode_nack(tag, multiple, requeue)
+        low = channel.low
+        last = channel.last_tag
+        while low <= last and low not in unacked:
+            low += 1
+        channel.low = low
+        if verb == "ack" and tag < low:
+            # Every tag up to this one is settled: one basic.ack(multiple) can stand for
+            # this ack and the others deferred on the channel (fewer frames for both sides).
+            if not channel.pending_ack:
+                self.pending_acks.append(channel)
+                if len(self.pending_acks) == 1 and self.request_flush is not None:
+                    self.request_flush()
+            channel.pending_ack = tag
+            channel.pending_count += len(settled)
+            if channel.pending_count >= ACK_BATCH:
+                self._send_pending_ack(channel)
         else:
-            payload = _encode_reject(tag, requeue)
-        self.send(method_frame(channel.number, payload))
-        promise.held -= count  # type: ignore[union-attr]
+            if verb == "ack":
+                payload = _encode_ack(tag, multiple)
+            elif verb == "nack":
+                payload = _encode_nack(tag, multiple, requeue)
+            else:
+                payload = _encode_reject(tag, requeue)
+            self.send(method_frame(channel.number, payload))
+        promise.held -= len(settled)  # type: ignore[union-attr]
         if promise.final and not promise.results and not promise.held:  # type: ignore[union-attr]
             self.release(promise)  # type: ignore[arg-type]
+
+    def _send_pending_ack(self, channel: Channel) -> None:
+        tag = channel.pending_ack
+        channel.pending_ack = 0
+        channel.pending_count = 0
+        if channel.is_open and self.channels.get(channel.number) is channel:
+            self.send(method_frame(channel.number, _encode_ack(tag, True)))
+
+    def flush_acks(self) -> None:
+        """Send the acks deferred by ``settle`` (before blocking, writing or closing)."""
+        channels, self.pending_acks = self.pending_acks, []
+        for channel in channels:
+            if channel.pending_ack:
+                self._send_pending_ack(channel)
 
 
 def _ignore(channel: Channel, method: Any) -> None:

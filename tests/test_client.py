@@ -420,3 +420,57 @@ def test_set_callback_and_run_any_callbacks(client, queue):
         client._conn.io_step(1.0)
         client.run_any_callbacks()
     assert calls == [(p, queue)]
+
+
+# --- acknowledgements on the wire -------------------------------------------------------------------
+
+
+def ack_frames(recorder):
+    return [f for f in recorder.frames if f.direction == "out" and f.name == "basic.ack"]
+
+
+def test_in_order_acks_go_out_as_few_multiple_acks(amqp_url, queue):
+    from puka.tracing import FrameRecorder
+
+    recorder = FrameRecorder()
+    client = puka.Client(amqp_url, middleware=[recorder])
+    client.wait(client.connect())
+    try:
+        for i in range(500):
+            client.basic_publish(exchange="", routing_key=queue, body=b"%d" % i)
+        consume = client.basic_consume(queue=queue, prefetch_count=100)
+        drain(client, consume, 500)
+        client.wait(client.basic_cancel(consume))
+        acks = ack_frames(recorder)
+        # Every message was acknowledged, with far fewer frames than messages.
+        assert 1 <= len(acks) < 100
+        assert all(f.method["multiple"] for f in acks)
+        assert max(f.method["delivery_tag"] for f in acks) == 500
+        assert client.wait(client.queue_declare(queue=queue, passive=True))["message_count"] == 0
+    finally:
+        client.wait(client.close())
+
+
+def test_out_of_order_acks_and_rejects_settle_exactly_their_messages(amqp_url, queue):
+    client = puka.Client(amqp_url)
+    client.wait(client.connect())
+    for body in (b"one", b"two", b"three", b"four"):
+        client.basic_publish(exchange="", routing_key=queue, body=body)
+    consume = client.basic_consume(queue=queue, prefetch_count=10)
+    one, two, three, four = drain(client, consume, 4, ack=False)
+    client.basic_ack(three)  # out of order: sent at once, alone
+    client.basic_ack(one)  # deferred: everything up to it is settled
+    client.basic_reject(two, requeue=True)  # goes back to the queue
+    client.basic_ack(four)  # deferred, covers 3 and 4 only (2 is already rejected)
+    again = client.wait(consume, timeout=5)
+    assert again["body"] == b"two" and again["redelivered"] is True
+    client.basic_ack(again)
+    client.wait(client.basic_cancel(consume))
+    client.wait(client.close())
+    # A fresh connection finds nothing left: every settlement reached the broker.
+    other = puka.Client(amqp_url)
+    other.wait(other.connect())
+    try:
+        assert other.wait(other.queue_declare(queue=queue, passive=True))["message_count"] == 0
+    finally:
+        other.wait(other.close())

@@ -376,17 +376,19 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
     key: Any = None
     try:
         for key, value in table.items():
-            encoded_key = keys.get(key)
-            if encoded_key is None:
-                encoded_key = _encode_key(key)
-            append(encoded_key)
-            if value.__class__ is str:  # the usual header value, inlined
+            encoded_key = keys.get(key) or _encode_key(key)
+            cls = value.__class__
+            # The usual header values are inlined: str, 32-bit int, bool.
+            if cls is str:
                 raw = value.encode("utf-8", "surrogateescape")
-                append(_tag_len(b"S", len(raw)))
-                append(raw)
-                continue
-            enc = encoders.get(value.__class__)
-            append(enc(value) if enc is not None else encode_value(value))
+                append(encoded_key + _tag_len(b"S", len(raw)) + raw)
+            elif cls is int and -0x80000000 <= value <= 0x7FFFFFFF:
+                append(encoded_key + _tag_i32(b"I", value))
+            elif cls is bool:
+                append(encoded_key + (b"t\x01" if value else b"t\x00"))
+            else:
+                enc = encoders.get(cls)
+                append(encoded_key + (enc(value) if enc is not None else encode_value(value)))
     except (TypeError, ValueError) as exc:
         raise _keyed(exc, "table key %r" % (key,)) from None
     payload = b"".join(parts)
