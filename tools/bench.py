@@ -13,6 +13,7 @@ Clients, each run as a worker process (``benchmarks/worker_*.py``) that prints J
 ``puka008``  the original puka 0.0.8 (same package name, so its own venv ``.peers/venv-puka008``);
 ``pika``     pika's BlockingConnection with ``confirm_delivery`` (venv ``.peers/venv-peers``);
 ``aiormq``   aiormq on a channel with publisher confirms (same venv);
+``puka-asyncio``  this repository's ``puka.asyncio`` client (scenarios a-c; goal: a >= 3x aiormq);
 ``ceiling``  a minimal raw-socket client (``benchmarks/raw_amqp.py``, stdlib only; scenarios a-c).
 
 Scenarios (see ``benchmarks/bench_common.py``), defaults in brackets:
@@ -117,6 +118,7 @@ CLIENTS = {
     "puka008": ClientSpec("puka008", "worker_puka.py", ["--impl", "puka008"], VENV_PUKA008),
     "pika": ClientSpec("pika", "worker_pika.py", venv=VENV_PEERS),
     "aiormq": ClientSpec("aiormq", "worker_aiormq.py", venv=VENV_PEERS),
+    "puka-asyncio": ClientSpec("puka-asyncio", "worker_puka_asyncio.py", scenarios="abc"),
     "ceiling": ClientSpec("ceiling", "worker_raw.py", scenarios="abc"),
 }
 
@@ -137,6 +139,7 @@ GOALS = [
     ("c", "puka", "puka008", 1.2),
     ("d", "puka", "puka008", 2.0),
     ("e", "puka", "puka008", 1.0),
+    ("a", "puka-asyncio", "aiormq", 3.0),
 ]
 #: Ratios printed for information, in every scenario both clients ran.
 INFO_PEERS = ["pika", "aiormq"]

@@ -34,6 +34,20 @@ def timed(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> float:
     return time.perf_counter() - start
 
 
+def check_cold(py: str, env: dict[str, str], cwd: str) -> None:
+    """The cold case must really import the fresh copy and generate its module."""
+    out = subprocess.run(
+        [py, "-c", "import sys, puka.spec; print(puka.spec.__file__); print('lxml' in sys.modules)"],
+        env=env,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not out[0].startswith(cwd) or out[1] != "True":
+        raise SystemExit("cold import did not use the fresh copy or did not parse the XML: %s" % out)
+
+
 def measure(cases: dict[str, tuple[list[str], dict[str, str], str | None]], runs: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(runs):
@@ -65,8 +79,8 @@ def main() -> int:
     subprocess.run([py, "-c", "import puka"], env=env, check=True)
 
     cases: dict[str, tuple[list[str], dict[str, str], str | None]] = {
-        "bare": ([py, "-c", "pass"], env, None),
-        "import puka (warm)": ([py, "-c", "import puka"], env, None),
+        "bare": ([py, "-c", "pass"], env, ROOT),
+        "import puka (warm)": ([py, "-c", "import puka"], env, ROOT),
     }
     if args.peers and os.path.exists(args.peer_python):
         peer_env = dict(env, PYTHONPATH="")
@@ -79,11 +93,15 @@ def main() -> int:
     results = measure(cases, args.runs)
 
     cold: list[float] = []
-    for _ in range(max(5, args.runs // 4)):
+    for index in range(max(5, args.runs // 4)):
         with tempfile.TemporaryDirectory() as tmp:
             fresh_copy(tmp)
             cold_env = dict(env, PYTHONPATH=tmp, XDG_CACHE_HOME=os.path.join(tmp, "cache"))
-            cold.append(timed([py, "-c", "import puka"], cold_env))
+            if index == 0:
+                check_cold(py, cold_env, tmp)
+                shutil.rmtree(os.path.join(tmp, "puka"))
+                fresh_copy(tmp)
+            cold.append(timed([py, "-c", "import puka"], cold_env, cwd=tmp))
 
     medians = {name: statistics.median(times) * 1000 for name, times in results.items()}
     bare = medians["bare"]

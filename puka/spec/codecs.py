@@ -252,33 +252,55 @@ def _slot_format(slot: tuple[str, Any], fields: tuple[Field, ...]) -> str:
 
 def _decode_steps(fields: tuple[Field, ...]) -> list[Callable[[Any, int, Any], int]]:
     steps = []
+    run: list[str | None] = []  # consecutive short strings become one step
     for kind, arg in _plan(fields):
+        if kind == "shortstr":
+            run.append(None if fields[arg].reserved else fields[arg].name)
+            continue
+        if run:
+            steps.append(_shortstr_step(run))
+            run = []
         if kind == "fixed":
             steps.append(_fixed_step(arg, fields))
         else:
             name = None if fields[arg].reserved else fields[arg].name
-            if kind == "shortstr":
-                steps.append(_shortstr_step(name))
-            else:
-                steps.append(_call_step(_VARIABLE_DECODERS[kind], name))
+            steps.append(_call_step(_VARIABLE_DECODERS[kind], name))
+    if run:
+        steps.append(_shortstr_step(run))
     return steps
 
 
-def _shortstr_step(name: str | None) -> Callable[[Any, int, Any], int]:
+def _shortstr_step(names: list[str | None]) -> Callable[[Any, int, Any], int]:
+    """One step for a run of short strings (None: a reserved one, read and dropped)."""
     # A string past the end of buf comes out short and leaves the offset beyond
     # len(buf): fields_decoder checks that once, at the end.
-    def step(buf: Any, offset: int, result: Any) -> int:
-        end = offset + 1 + buf[offset]
-        try:
-            result[name] = buf[offset + 1 : end].decode()
-        except UnicodeDecodeError:
-            result[name] = buf[offset + 1 : end].decode("utf-8", "surrogateescape")
-        return end
+    if len(names) == 1 and names[0] is not None:
+        name = names[0]
 
-    def skip(buf: Any, offset: int, result: Any) -> int:
-        return offset + 1 + buf[offset]
+        def step(buf: Any, offset: int, result: Any) -> int:
+            end = offset + 1 + buf[offset]
+            try:
+                result[name] = buf[offset + 1 : end].decode()
+            except UnicodeDecodeError:
+                result[name] = buf[offset + 1 : end].decode("utf-8", "surrogateescape")
+            return end
 
-    return skip if name is None else step
+        return step
+
+    frozen = tuple(names)
+
+    def step_run(buf: Any, offset: int, result: Any) -> int:
+        for name in frozen:
+            end = offset + 1 + buf[offset]
+            if name is not None:
+                try:
+                    result[name] = buf[offset + 1 : end].decode()
+                except UnicodeDecodeError:
+                    result[name] = buf[offset + 1 : end].decode("utf-8", "surrogateescape")
+            offset = end
+        return offset
+
+    return step_run
 
 
 def _call_step(decode_value: Callable[[Any, int], tuple[Any, int]], name: str | None) -> Callable[[Any, int, Any], int]:
