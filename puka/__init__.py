@@ -33,6 +33,12 @@ __version__ = "0.1.0"
 # One exception class per AMQP reply code, generated from the spec (NotFound, NoRoute...).
 globals().update({cls.__name__: cls for cls in _ERRORS.values()})
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # For type checkers: the generated classes (puka.NotFound...) are AMQPError subclasses.
+    def __getattr__(name: str) -> type[AMQPError]: ...
+
+
 __all__ = [
     "Client",
     "SslConnectionParameters",

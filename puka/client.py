@@ -420,9 +420,9 @@ class Client:
         """
         session = self._session
         if promise_numbers.__class__ is int:
-            promise = session.promises.get(promise_numbers)  # type: ignore[arg-type]
+            promise = session.promises.get(promise_numbers)
             if promise is None:
-                promise = self._lookup(promise_numbers)  # type: ignore[arg-type]
+                promise = self._lookup(promise_numbers)
             if promise.results:
                 return self._deliver(promise, raise_errors)
             promises: tuple[Promise, ...] = (promise,)

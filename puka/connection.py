@@ -210,9 +210,7 @@ class Connection:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if _is_ssl_want(exc):
-                    return
-                self._fail("connection to %s lost: %s" % (self._where(), exc.strerror or exc))
+                self._io_error(exc)
                 return
             if not data:
                 self._fail("connection to %s closed by the peer" % self._where())
@@ -284,9 +282,7 @@ class Connection:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if _is_ssl_want(exc):
-                    return
-                self._fail("connection to %s lost: %s" % (self._where(), exc.strerror or exc))
+                self._io_error(exc)
                 return
             self.last_send = time.monotonic()
             self._out_size -= sent
@@ -294,6 +290,11 @@ class Connection:
                 out[0] = memoryview(out[0])[sent:]
                 return
             out.popleft()
+
+    def _io_error(self, exc: OSError) -> None:
+        """send/recv failed: TLS asking to wait is not an error; anything else ends the connection."""
+        if not _is_ssl_want(exc):
+            self._fail("connection to %s lost: %s" % (self._where(), exc.strerror or exc))
 
     def _coalesce(self) -> bytes:
         """Join small buffers at the head of the queue into one (leaves it at the head)."""

@@ -121,6 +121,10 @@ _METHODS = spec.METHODS
 PUBLISH_CHANNEL = 1
 #: Exchanges with a publish channel of their own; beyond, they share the default exchange's.
 MAX_PUBLISHERS = 128
+#: Channels short operations (declares, binds...) may hold at once; more wait for one.
+MAX_CALL_CHANNELS = 64
+#: The state of a short operation's promise.
+CALL = "call"
 #: The client's own limits, offered in connection.tune-ok (the smaller side wins).
 CHANNEL_MAX = 2047
 FRAME_MAX = 131072
@@ -325,6 +329,8 @@ class Session:
         self.free_numbers: list[int] = []
         self.next_fresh_number = PUBLISH_CHANNEL + 1
         self.waiting_for_channel: deque[tuple[Promise, Callable[[Promise], None]]] = deque()
+        #: channels held by short operations (see with_channel)
+        self.call_channels = 0
 
         #: AMQP state: "new" -> "handshake" -> "open" -> "closing" -> "closed"
         self.status = "new"
@@ -419,19 +425,32 @@ class Session:
             promise.on_release(promise)
         channel = promise.channel
         if channel is not None and channel.promise is promise:
+            if promise.state is CALL:
+                self.call_channels -= 1
             self._give_back(channel)
 
     # --- channels ---------------------------------------------------------------------------------
 
     def with_channel(self, promise: Promise, start: Callable[[Promise], None]) -> None:
-        """Run ``start(promise)`` once the promise owns an open channel."""
+        """Run ``start(promise)`` once the promise owns an open channel.
+
+        Short operations (``promise.state is CALL``) open at most
+        ``MAX_CALL_CHANNELS`` channels between them and otherwise wait for one
+        to be given back: opening a channel costs the broker more than the
+        operation itself.  Consumers and gets hold theirs for long, so they
+        are not limited.
+        """
         if self.status != "open":
             self.pending_until_open.append((promise, start))
             return
+        is_call = promise.state is CALL
         if self.idle_channels:
             channel = self.idle_channels.pop()
             self._bind(channel, promise)
             start(promise)
+            return
+        if is_call and self.call_channels >= MAX_CALL_CHANNELS:
+            self.waiting_for_channel.append((promise, start))
             return
         if self.free_numbers:
             number = self.free_numbers.pop()
@@ -456,6 +475,8 @@ class Session:
         channel.promise = promise
         promise.channel = channel
         channel.handlers[CHANNEL_CLOSE] = self._on_channel_close
+        if promise.state is CALL:
+            self.call_channels += 1
 
     def _give_back(self, channel: Channel) -> None:
         if channel.pending_ack:
@@ -485,10 +506,16 @@ class Session:
         exc = self.error_from_close(method)
         promise = channel.promise
         channel.unacked.clear()
+        if promise is not None and promise.state is CALL:
+            self.call_channels -= 1
         del self.channels[channel.number]
         self.free_numbers.append(channel.number)
         if channel in self.idle_channels:
             self.idle_channels.remove(channel)
+        if self.waiting_for_channel and self.status == "open":
+            # A channel number (and maybe a short operation's slot) is free again.
+            waiting, start = self.waiting_for_channel.popleft()
+            self.with_channel(waiting, start)
         if promise is not None:
             promise.held = 0
             if promise.state is not None and hasattr(promise.state, "channel_closed"):
@@ -961,7 +988,7 @@ class Session:
             application[PROMISE_HEADER] = number
         if application:
             props["headers"] = application
-        return _encode_properties(props)  # type: ignore[no-any-return]
+        return _encode_properties(props)
 
     def _send_publish(
         self, publisher: Publisher, promise: Promise, method_payload: bytes, properties: bytes, body: Any
@@ -1097,6 +1124,7 @@ class Session:
         """A synchronous method on a pooled channel; the reply is the result."""
         payload = request.encode_args(*args)  # bad arguments raise here, before anything is sent
         promise = self.new_promise(callback)
+        promise.state = CALL
 
         def start(promise: Promise) -> None:
             channel = promise.channel
@@ -1390,7 +1418,7 @@ def _no_transport(exc: ConnectionBroken, flush: bool = False) -> None:
 
 
 def _consume_payload(consumer: dict[str, Any], no_ack: bool) -> bytes:
-    return M["basic.consume"].encode_args(  # type: ignore[no-any-return]
+    return M["basic.consume"].encode_args(
         consumer["queue"],
         consumer["tag"],
         consumer["no_local"],

@@ -44,7 +44,7 @@ class Result(dict):  # type: ignore[type-arg]
 class ErrorResult(Result):
     """A failed promise's result; ``exception`` is raised by ``wait``."""
 
-    __slots__ = ("exception",)  # type: ignore[misc]
+    __slots__ = ("exception",)
     is_error = True
 
     def __init__(self, exception: BaseException, fields: dict[str, Any] | None = None) -> None:
@@ -52,7 +52,7 @@ class ErrorResult(Result):
         self.exception = exception
         if hasattr(exception, "result") and getattr(exception, "result", None) is None:
             try:
-                exception.result = self  # type: ignore[attr-defined]
+                exception.result = self
             except AttributeError:
                 pass
 

@@ -278,7 +278,7 @@ def _shortstr_step(names: list[str | None]) -> Callable[[Any, int, Any], int]:
         name = names[0]
 
         def step(buf: Any, offset: int, result: Any) -> int:
-            end = offset + 1 + buf[offset]
+            end: int = offset + 1 + buf[offset]
             try:
                 result[name] = buf[offset + 1 : end].decode()
             except UnicodeDecodeError:
@@ -488,7 +488,7 @@ def method_encoder(method_id: int, fields: tuple[Field, ...], label: str) -> Cal
     def wrong_count(args: tuple[Any, ...]) -> TypeError:
         return TypeError("%s takes %d arguments, %d given" % (label, n_args, len(args)))
 
-    head = pieces[0]
+    head: bytes = pieces[0]
     rest = pieces[1:]
     if not rest:
 
@@ -506,7 +506,8 @@ def method_encoder(method_id: int, fields: tuple[Field, ...], label: str) -> Cal
         def encode1(*args: Any) -> bytes:
             if len(args) != n_args:
                 raise wrong_count(args)
-            return head + p1(args)
+            tail: bytes = p1(args)
+            return head + tail
 
         return encode1
     if len(rest) == 2 and not isinstance(rest[0], bytes) and not isinstance(rest[1], bytes):
@@ -700,8 +701,8 @@ def make_method_class(class_name: str, class_index: int, method: tuple[Any, ...]
             "responses": tuple("%s.%s" % (class_name, r) for r in responses),
         },
     )
-    cls.encode_args = staticmethod(method_encoder(method_id, fields, full_name))  # type: ignore[assignment]
-    cls.decode = staticmethod(method_decoder(fields, cls))  # type: ignore[assignment]
+    cls.encode_args = staticmethod(method_encoder(method_id, fields, full_name))
+    cls.decode = staticmethod(method_decoder(fields, cls))
     return cls
 
 

@@ -68,7 +68,7 @@ def inputs_key(paths: list[str] | None = None) -> str:
             data = f.read()
         digest.update(b"%s\n%d\n" % (os.path.basename(path).encode(), len(data)))
         digest.update(data)
-    return digest.hexdigest()
+    return str(digest.hexdigest())
 
 
 def render(model: dict[str, Any], key: str) -> str:
