@@ -120,3 +120,62 @@ def test_decode_pamqp(benchmark):
         return method, header
 
     benchmark(decode)
+
+
+def paired_ratios(ours, theirs, pairs: int = 40, batch: int = 2000) -> list[float]:
+    """theirs/ours time ratios of alternating batches: the machine's drift hits both alike."""
+    import gc
+    import time
+
+    ratios = []
+    clock = time.perf_counter
+    gc.collect()
+    for _ in range(pairs):
+        start = clock()
+        for _ in range(batch):
+            ours()
+        mid = clock()
+        for _ in range(batch):
+            theirs()
+        end = clock()
+        ratios.append((end - mid) / (mid - start))
+    return sorted(ratios)
+
+
+def puka008_encode_decode(puka008):
+    user_headers = dict(HEADERS, content_type="application/json", delivery_mode=2)
+    method_id = BasicDeliver.method_id
+    decode_method = puka008.METHODS[method_id]
+    decode_props = puka008.PROPS[60]
+
+    def encode():
+        return puka008.encode_basic_publish("orders", "orders.created.eu", False, False, user_headers, b"", 131072)
+
+    def decode():
+        method, _ = decode_method(DELIVER_PAYLOAD, 4)
+        class_id, _weight, size = _content_header.unpack_from(HEADER_PAYLOAD, 0)
+        props, _ = decode_props(HEADER_PAYLOAD, 12)
+        return method, size, props
+
+    return encode, decode
+
+
+@pytest.mark.benchmark(group="paired")
+def test_paired_ratios(benchmark, puka008):
+    """Interleaved batches of puka and puka 0.0.8, same work: the ratio per pair, median printed."""
+    encode008, decode008 = puka008_encode_decode(puka008)
+    results = {}
+
+    def measure():
+        results["encode"] = paired_ratios(puka_encode, encode008)
+        results["decode"] = paired_ratios(puka_decode, decode008)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    for name, ratios in results.items():
+        median = ratios[len(ratios) // 2]
+        benchmark.extra_info["%s_ratio_median" % name] = median
+        benchmark.extra_info["%s_ratio_range" % name] = [ratios[0], ratios[-1]]
+        print(
+            "\n%s: puka / puka008 = %.2fx (median of %d paired batches, %.2f-%.2f)"
+            % (name, median, len(ratios), ratios[0], ratios[-1])
+        )
