@@ -91,7 +91,6 @@ class Connection:
         now = time.monotonic()
         self.last_recv = now
         self.last_send = now
-        self.bytes_received = 0
         #: middleware chain that watches frames (None: nobody does)
         self.frame_tap: Any = None
         #: called when data is queued into an empty send buffer (event-loop adapters)
@@ -216,7 +215,6 @@ class Connection:
                 self._fail("connection to %s closed by the peer" % self._where())
                 return
             self.last_recv = time.monotonic()
-            self.bytes_received += len(data)
             try:
                 frames = self.reader.feed(data)
             except DecodeError as exc:

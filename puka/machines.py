@@ -43,7 +43,6 @@ through ``send``/``send_many`` callables, and is told when the transport dies
 from __future__ import annotations
 
 import sys
-import time
 from collections import deque
 from struct import Struct
 
@@ -495,9 +494,6 @@ class Session:
             start(promise)
             return
         self.idle_channels.append(channel)
-
-    def send_method(self, channel: Channel, cls: type[spec.Method], *args: Any) -> None:
-        self.send(method_frame(channel.number, cls.encode_args(*args)))
 
     def _on_channel_close(self, channel: Channel, method: Any) -> None:
         """The broker closed a channel: fail its promise; the number can be reused."""
@@ -1455,6 +1451,3 @@ def _as_body(body: Any) -> Any:
         return body.encode("utf-8")
     raise TypeError("message body must be bytes, bytearray, memoryview or str, not %s" % type(body).__name__)
 
-
-def _now() -> float:
-    return time.monotonic()

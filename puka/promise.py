@@ -20,8 +20,6 @@ hundred thousand publishes in flight cost a few hundred bytes each.
 
 from __future__ import annotations
 
-from collections import deque
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -91,6 +89,3 @@ class Promise:
             " ready" if self.results else "",
         )
 
-
-def new_stream() -> deque[Any]:
-    return deque()
