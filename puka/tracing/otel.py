@@ -439,6 +439,25 @@ class OpenTelemetryMiddleware(Middleware):
                 metering = self._metering_on = not isinstance(provider, _metrics.NoOpMeterProvider)
         return tracing, metering
 
+    def _start_span(
+        self,
+        destination: _Destination,
+        parent: Any,
+        kind: Any,
+        attributes: Any,
+        links: Any,
+        start: int,
+        hook: Any,
+        subject: Any,
+    ) -> Any:
+        """Start a span named for the destination; run the user's hook on it when it records."""
+        span = self._tracer.start_span(
+            destination.span_name, context=parent, kind=kind, attributes=attributes, links=links, start_time=start
+        )
+        if hook is not None and span.is_recording():
+            _call_hook(hook, span, subject)
+        return span
+
     def _propagator(self) -> Any:
         return self.propagator if self.propagator is not None else get_global_textmap()
 
@@ -562,16 +581,9 @@ class OpenTelemetryMiddleware(Middleware):
         attributes = dict(destination.span_attributes)
         self._message_attributes(attributes, headers, publish.body_size, None)
         start = _time_ns()
-        span = self._tracer.start_span(
-            destination.span_name,
-            context=ctx,
-            kind=SpanKind.PRODUCER,
-            attributes=attributes,
-            links=links,
-            start_time=start,
+        span = self._start_span(
+            destination, ctx, SpanKind.PRODUCER, attributes, links, start, self.publish_hook, publish
         )
-        if self.publish_hook is not None and span.is_recording():
-            _call_hook(self.publish_hook, span, publish)
         if not custom:
             if span.get_span_context().is_valid:
                 propagator.inject(headers, context=_trace.set_span_in_context(span, ctx), setter=_setter)
@@ -643,16 +655,9 @@ class OpenTelemetryMiddleware(Middleware):
                         parent = creation_ctx
             attributes = dict(destination.span_attributes)
             self._message_attributes(attributes, headers, message.get("body"), message.get("delivery_tag"))
-            span = self._tracer.start_span(
-                destination.span_name,
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes=attributes,
-                links=links,
-                start_time=start,
+            span = self._start_span(
+                destination, parent, SpanKind.CONSUMER, attributes, links, start, self.consume_hook, delivery
             )
-            if self.consume_hook is not None and span.is_recording():
-                _call_hook(self.consume_hook, span, delivery)
         operation = _Operation(span, start, destination)
         operation.style = delivery.style
         delivery.context[self] = operation
@@ -733,16 +738,9 @@ class OpenTelemetryMiddleware(Middleware):
             headers = message.get("headers")
             if headers and headers.get("message_id") is not None:
                 attributes[MESSAGE_ID] = _text(headers["message_id"])
-            span = self._tracer.start_span(
-                destination.span_name,
-                context=parent,
-                kind=SpanKind.CLIENT,
-                attributes=attributes,
-                links=links,
-                start_time=start,
+            span = self._start_span(
+                destination, parent, SpanKind.CLIENT, attributes, links, start, self.settle_hook, delivery
             )
-            if self.settle_hook is not None and span.is_recording():
-                _call_hook(self.settle_hook, span, delivery)
         end = _time_ns()
         if span is not None:
             span.end(end)
@@ -761,12 +759,8 @@ class OpenTelemetryMiddleware(Middleware):
         start = _time_ns()
         span = None
         if tracing:
-            span = self._tracer.start_span(
-                destination.span_name,
-                context=ctx,
-                kind=SpanKind.CLIENT,
-                attributes=destination.span_attributes,
-                start_time=start,
+            span = self._start_span(
+                destination, ctx, SpanKind.CLIENT, destination.span_attributes, None, start, None, get
             )
         get.context[self] = _Operation(span, start, destination)
 
