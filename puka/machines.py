@@ -1450,4 +1450,3 @@ def _as_body(body: Any) -> Any:
     if isinstance(body, str):
         return body.encode("utf-8")
     raise TypeError("message body must be bytes, bytearray, memoryview or str, not %s" % type(body).__name__)
-

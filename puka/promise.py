@@ -88,4 +88,3 @@ class Promise:
             " final" if self.final else "",
             " ready" if self.results else "",
         )
-

@@ -1219,3 +1219,19 @@ def test_malformed_content_headers_raise_only_decode_error(data):
 def test_valid_methods_followed_by_more_bytes_decode_and_stop(payload, extra):
     decoded, end = spec.decode_method(payload + extra)
     assert end == len(payload)
+
+
+def test_a_timestamp_argument_takes_a_datetime_or_seconds():
+    """No method of the XML has a timestamp field; the generic encoder still handles one."""
+    import datetime
+
+    from puka.spec.codecs import Field, method_encoder
+
+    fields = (Field("when", "timestamp", False, "timestamp"), Field("flag", "bit", False, "bit"))
+    encode = method_encoder(0x000A00FF, fields, "test.stamped")
+    moment = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    expected = struct.pack(">IQB", 0x000A00FF, 1577836800, 1)
+    assert encode(moment, True) == expected
+    assert encode(1577836800, True) == expected
+    with pytest.raises(ValueError, match="test.stamped when"):
+        encode(-1, False)

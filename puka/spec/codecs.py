@@ -29,12 +29,12 @@ from .tables import (
     DECODE_FAILURES,
     SHORT_LEN,
     DecodeError,
-    _text,
     datetime_seconds,
     decode_shortstr_raw,
     decode_table_raw,
     describe_failure,
     encode_table,
+    longstr_text_raw,
 )
 
 TYPE_CHECKING = False
@@ -188,18 +188,9 @@ def _range_error(what: str, wire: str, value: Any) -> Exception:
 _VARIABLE_ENCODERS = {"shortstr": shortstr_encoder, "longstr": longstr_encoder, "table": table_encoder}
 
 
-def _longstr_text(buf: Any, offset: int) -> tuple[str, int]:
-    (n,) = _u32.unpack_from(buf, offset)
-    offset += 4
-    end = offset + n
-    if end > len(buf):
-        raise DecodeError("long string of %d bytes runs past the end of the data" % n)
-    return _text(bytes(buf[offset:end])), end
-
-
 _VARIABLE_DECODERS: dict[str, Callable[[Any, int], tuple[Any, int]]] = {
     "shortstr": decode_shortstr_raw,
-    "longstr": _longstr_text,
+    "longstr": longstr_text_raw,
     "table": decode_table_raw,
 }
 
@@ -564,37 +555,23 @@ def _fixed_piece(
         elif positions[x] is None:
             recipe.append(("const", _DEFAULTS[fields[x].type]))
         else:
-            recipe.append(("arg", positions[x]))
+            # A timestamp argument may be a datetime: converted in the general piece below.
+            recipe.append(("ts" if fields[x].type == "timestamp" else "arg", positions[x]))
     if all(kind == "const" for kind, _ in recipe):
         return pack(*[x for _, x in recipe])
 
     def diagnose(args: tuple[Any, ...]) -> Exception:
         for (kind, x), (_, index) in zip(recipe, slots):
-            if kind == "arg":
+            if kind in ("arg", "ts"):
                 wire = fields[index].type
                 value = args[x]
-                if wire == "timestamp" and _is_datetime(value):
+                if kind == "ts" and _is_datetime(value):
                     continue
                 try:
                     Struct(">" + _FIXED_FORMATS[wire]).pack(value)
                 except StructError:
                     return _range_error("%s %s" % (label, fields[index].name), wire, value)
         return ValueError("%s: cannot encode %r" % (label, args))
-
-    timestamps = [x for (kind, x), (_, i) in zip(recipe, slots) if kind == "arg" and fields[i].type == "timestamp"]
-    if timestamps:
-        plain = _fixed_piece(
-            slots,
-            tuple(f if f.type != "timestamp" else Field(f.name, "longlong", f.reserved, f.domain) for f in fields),
-            positions,
-            label,
-        )
-
-        def piece_with_timestamps(args: tuple[Any, ...]) -> bytes:
-            args = tuple(datetime_seconds(v) if i in timestamps and _is_datetime(v) else v for i, v in enumerate(args))
-            return plain(args)  # type: ignore[no-any-return]
-
-        return piece_with_timestamps
 
     if len(recipe) == 1 and recipe[0][0] == "bits":
         members = recipe[0][1]
@@ -626,6 +603,9 @@ def _fixed_piece(
         for kind, x in frozen:
             if kind == "arg":
                 values.append(args[x])
+            elif kind == "ts":
+                value = args[x]
+                values.append(datetime_seconds(value) if _is_datetime(value) else value)
             elif kind == "bits":
                 octet = 0
                 for mask, pos in x:

@@ -95,7 +95,7 @@ def _longstr_bytes(buf: Any, offset: int) -> tuple[bytes, int]:
     return bytes(buf[offset:end]), end
 
 
-def _longstr_text(buf: Any, offset: int) -> tuple[str, int]:
+def longstr_text_raw(buf: Any, offset: int) -> tuple[str, int]:
     raw, offset = _longstr_bytes(buf, offset)
     return _text(raw), offset
 
@@ -198,7 +198,7 @@ _DECODERS: dict[int, Callable[[Any, int], tuple[Any, int]]] = {
     ord("f"): _fixed(_f32, 4),
     ord("d"): _fixed(_f64, 8),
     ord("D"): _decimal_value,
-    ord("S"): _longstr_text,
+    ord("S"): longstr_text_raw,
     ord("x"): _longstr_bytes,
     ord("A"): _array,
     ord("T"): _timestamp,
