@@ -40,7 +40,7 @@ from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, TextIO
 
 PROG = "puka"
@@ -137,24 +137,23 @@ def _argument(text: str) -> tuple[str, Any]:
     return key, _value(value)
 
 
-def _positive(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, not %d" % number)
-    return number
+def _whole_number(lowest: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``lowest``."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+        if number < lowest:
+            raise argparse.ArgumentTypeError("must be at least %d, not %d" % (lowest, number))
+        return number
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be at least 0, not %d" % number)
-    return number
+_positive = _whole_number(1)
+_non_negative = _whole_number(0)
 
 
 def _seconds(text: str) -> float:
