@@ -45,3 +45,19 @@ def install_transport_clock(monkeypatch) -> FakeClock:
     shim.monotonic = clock.monotonic
     monkeypatch.setattr(_transport_module, "time", shim)
     return clock
+
+
+def install_client_clock(monkeypatch) -> FakeClock:
+    """Like :func:`install_transport_clock`, and ``Client.on_timer()`` reads the same FakeClock.
+
+    ``on_timer()`` takes the time it hands to the transport's timers in the
+    client's module; without this it would hold the real clock against the
+    fake one.  The client's own time-outs follow the fake clock too
+    (``wait(timeout=...)``, ``loop(timeout=...)``, the connect and close
+    deadlines): ``wait(promise, timeout=0)`` still returns at once.
+    """
+    import puka.client as _client_module
+
+    clock = install_transport_clock(monkeypatch)
+    monkeypatch.setattr(_client_module, "time", _transport_module.time)
+    return clock
