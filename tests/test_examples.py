@@ -40,6 +40,7 @@ def test_every_example_is_tested():
             "async_send.py",
             "asyncio_example.py",
             "frame_tap.py",
+            "publish_reliably.py",
             "select_loop.py",
             "sync_receive.py",
             "sync_send.py",
@@ -79,6 +80,13 @@ def test_asyncio_example(amqp_url):
     assert "published 10 messages" in done.stdout
     assert "received b'message 9'" in done.stdout
     assert "received all 10 messages" in done.stdout
+
+
+def test_publish_reliably(amqp_url):
+    queue = "puka-example-test-%s" % uuid.uuid4().hex[:8]
+    done = run_example(amqp_url, "publish_reliably.py", "25", queue)
+    assert " [*] 25 messages confirmed (1 connection)" in done.stdout
+    assert " [*] Queue deleted with 25 messages in it" in done.stdout
 
 
 def test_select_loop(amqp_url):
