@@ -40,8 +40,18 @@ def client(amqp_url):
     c = puka.Client(amqp_url, client_properties={"connection_name": "puka-tests"})
     c.wait(c.connect(), timeout=10)
     yield c
-    if c._session.status == "open":
-        c.wait(c.close(), timeout=10)
+    c.wait(c.close(), timeout=10)  # a no-op when the test broke or closed the connection
+
+
+@pytest.fixture
+def proxy(amqp_url):
+    """A fault-injecting TCP proxy to the broker (``faults.Proxy``): ``proxy.url`` has the same vhost and user."""
+    from faults import Proxy
+
+    params = puka.parse_amqp_url(amqp_url)
+    with Proxy((params.host, params.port), params.vhost, params.username, params.password) as p:
+        yield p
+    assert p.error is None, p.error
 
 
 @pytest.fixture
@@ -51,9 +61,12 @@ def name(request) -> str:
 
 
 @pytest.fixture
-def queue(client, name):
+def queue(amqp_url, client, name):
     """A fresh queue (deleted after the test)."""
     client.wait(client.queue_declare(queue=name))
     yield name
-    if client._session.status == "open":
+    try:
         client.wait(client.queue_delete(queue=name), raise_errors=False)
+    except puka.ConnectionBroken:  # the test ended that connection: delete the queue with another
+        with puka.Client(amqp_url) as other:
+            other.wait(other.queue_delete(queue=name), raise_errors=False)

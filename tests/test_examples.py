@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+import puka
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
@@ -66,7 +68,7 @@ def test_sync_receive_deletes_its_queue(amqp_url, client):
     run_example(amqp_url, "sync_send.py", "1", queue)
     run_example(amqp_url, "sync_receive.py", "1", queue)
     result = client.wait(client.queue_declare(queue=queue, passive=True), raise_errors=False)
-    assert result.is_error  # NotFound: cleaned up
+    assert isinstance(result.exception, puka.NotFound)  # cleaned up
 
 
 def test_async_send(amqp_url):

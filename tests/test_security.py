@@ -145,14 +145,16 @@ def test_wrong_password_errors_and_logs_never_show_it(amqp_url, debug_logs):
     client = puka.Client(broker_url(amqp_url, "guest", PASSWORD))
     try:
         client.wait(client.connect(), timeout=10)
-    except (puka.ConnectionBroken, puka.AMQPError) as exc:
+    except puka.AccessRefused as exc:
         assert_exception_clean(exc)
         assert_no_secret(traceback.format_exc(), "traceback.format_exc()")
+        refused = exc
     else:
         pytest.fail("a wrong password was accepted")
-    # Every later call fails with the same (clean) error.
-    with pytest.raises((puka.ConnectionBroken, puka.AMQPError)) as info:
+    # Every later call raises ConnectionBroken, the broker's (clean) error as its cause.
+    with pytest.raises(puka.ConnectionBroken) as info:
         client.queue_declare(queue="x")
+    assert info.value.__cause__ is refused
     assert_exception_clean(info.value)
     assert_no_secret(repr(client), "repr(Client)")
     assert_no_secret(all_log_text(debug_logs), "the log")

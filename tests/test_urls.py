@@ -5,9 +5,11 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
+from seam import install_client_clock
 
 import puka
 from puka import ConnectionParameters, parse_amqp_url
+from puka.tracing import FrameRecorder
 
 
 def fields(url: str) -> tuple:
@@ -294,15 +296,24 @@ def test_client_takes_timeouts_from_the_url():
     assert puka.Client("amqp:///?connection_timeout=3", connection_timeout=7).connection_timeout == 7.0
 
 
-def test_client_with_heartbeat_in_the_url_uses_it(amqp_url):
-    client = puka.Client(with_query(amqp_url, "heartbeat=5"))
+def test_client_with_heartbeat_in_the_url_uses_it(amqp_url, monkeypatch):
+    clock = install_client_clock(monkeypatch)
+    recorder = FrameRecorder()
+    client = puka.Client(with_query(amqp_url, "heartbeat=5"), middleware=[recorder])
     assert client.heartbeat == 5
-    client.wait(client.connect(), timeout=10)
+    client.wait(client.connect())
     try:
-        assert client._session.heartbeat == 5  # what tune-ok said (the broker proposes 60)
-        assert client._conn.heartbeat == 5.0  # what the transport enforces
+        (tune_ok,) = [f.method for f in recorder.frames if f.direction == "out" and f.name == "connection.tune-ok"]
+        assert tune_ok["heartbeat"] == 5  # what tune-ok said (the broker proposes 60)
+        # What the transport enforces: a heartbeat after 2.5 s without sending, not before.
+        clock.advance(2.4)
+        client.on_timer()
+        assert "heartbeat" not in recorder.names("out")
+        clock.advance(0.11)
+        client.on_timer()
+        assert recorder.names("out").count("heartbeat") == 1
     finally:
-        client.wait(client.close(), timeout=10)
+        client.wait(client.close())
 
 
 def test_client_uses_channel_and_frame_max_from_the_url(amqp_url):
