@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import pytest
+from faults import wait_until
 
 import puka
 from puka import cli
@@ -281,33 +280,32 @@ def test_connection_timeout_exits_3():
         server.bind(("127.0.0.1", 0))
         server.listen(5)
         port = server.getsockname()[1]
-        started = time.monotonic()
+        # (run_cli's own ceiling, 60 s, fails the test if the command hangs.)
         done = run_cli("--timeout", "0.5", "--url", "amqp://guest:%s@127.0.0.1:%d/" % (SECRET, port), "get", "q")
-        assert time.monotonic() - started < 15
     line = assert_one_line_error(done, cli.EXIT_CONNECTION)
-    assert "timed out" in line
+    assert "timed out after 0.5s" in line
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args,hint",
     [
-        [],
-        ["frobnicate"],
-        ["publish"],
-        ["publish", "", "q", "--count", "0"],
-        ["publish", "", "q", "--header", "no-equals-sign"],
-        ["consume", "q", "--prefetch", "-1"],
-        ["declare"],
-        ["declare", "table", "x"],
-        ["--timeout", "soon", "get", "q"],
-        ["tap"],
-        ["tap", "tap", "get", "q"],
+        ([], "(see 'puka --help')"),
+        (["frobnicate"], "(see 'puka --help')"),
+        (["publish"], "(see 'puka publish --help')"),
+        (["publish", "", "q", "--count", "0"], "(see 'puka publish --help')"),
+        (["publish", "", "q", "--header", "no-equals-sign"], "(see 'puka publish --help')"),
+        (["consume", "q", "--prefetch", "-1"], "(see 'puka consume --help')"),
+        (["declare"], "(see 'puka declare --help')"),
+        (["declare", "table", "x"], "(see 'puka declare --help')"),
+        (["--timeout", "soon", "get", "q"], "(see 'puka --help')"),
+        (["tap"], "which command? e.g. 'puka tap declare queue q'"),
+        (["tap", "tap", "get", "q"], "tap once is enough"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(args):
+def test_usage_errors_exit_2_with_one_line(args, hint):
     done = run_cli(*args, url="amqp://guest:guest@127.0.0.1:1/")
-    assert_one_line_error(done, cli.EXIT_USAGE)
-    assert "--help" in done.err or "tap" in done.err
+    line = assert_one_line_error(done, cli.EXIT_USAGE)
+    assert line.endswith(hint), line
 
 
 def test_help_documents_the_exit_codes():
@@ -339,12 +337,13 @@ def test_ctrl_c_exits_130_quietly(amqp_url, client, qname):
         stderr=subprocess.PIPE,
         env=env,
     )
+
+    def consuming():
+        assert process.poll() is None, process.stderr.read()
+        return client.wait(client.queue_declare(queue=qname, passive=True))["consumer_count"] > 0
+
     try:
-        deadline = time.monotonic() + 20
-        while client.wait(client.queue_declare(queue=qname, passive=True))["consumer_count"] == 0:
-            assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the consumer never started"
-            time.sleep(0.05)
+        assert wait_until(consuming, timeout=20, interval=0.05), "the consumer never started"
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=20)
     finally:
@@ -446,20 +445,10 @@ def test_tap_never_shows_the_password(amqp_url):
     assert "Traceback" not in done.err
 
 
-def _have_otel_sdk() -> bool:
-    try:
-        return importlib.util.find_spec("opentelemetry.sdk") is not None
-    except ImportError:
-        return False
-
-
-def test_trace_prints_spans_or_the_install_hint(amqp_url, client, qname):
+def test_trace_prints_spans(amqp_url, client, qname):
+    # The test extra installs OpenTelemetry's SDK; without it, see the next test.
     client.wait(client.queue_declare(queue=qname))
     done = run_cli("--trace", "publish", "", qname, "traced", url=amqp_url)
-    if not _have_otel_sdk():
-        line = assert_one_line_error(done, cli.EXIT_USAGE)
-        assert "pip install 'puka[otel]'" in line
-        return
     assert_ok(done)
     assert '"name": "publish %s"' % qname in done.err
     assert "SpanKind.PRODUCER" in done.err
