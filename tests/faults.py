@@ -12,6 +12,7 @@ an unexpected error inside a thread is kept in ``error`` for the test to check.
 
 from __future__ import annotations
 
+import select
 import selectors
 import socket
 import struct
@@ -20,7 +21,7 @@ import time
 from collections import defaultdict, deque
 from urllib.parse import quote
 
-from puka import spec
+from puka import ConnectionBroken, spec
 from puka.framing import FrameReader, content_frames, method_frame
 
 M = spec.METHODS_BY_NAME
@@ -793,11 +794,58 @@ def fd_count() -> int:
 
 
 def pump(client, until, timeout: float = 5.0) -> bool:
-    """Run a client's event loop (without taking any promise's results) until ``until()`` is true."""
+    """Run a client's event loop (without taking any promise's results) until ``until()`` is true.
+
+    Returns True once ``until()`` holds, False when ``timeout`` (real seconds) passes first.
+    Only the client's public event-loop interface is used: ``on_timer()`` (heartbeats and
+    deadlines, on whatever clock the client reads), then a wait on ``fileno()`` for reading
+    (and writing when ``needs_write()``), then ``on_read()`` / ``on_write()``.  No promise's
+    result is taken and no callback is run.
+
+    A client whose connection is over (never opened, closed, broken: ``fileno()`` raises
+    ConnectionBroken) has nothing left to run; ``until()`` is still checked until ``timeout``,
+    since what it waits for may be another party's doing (a fake server, a proxy).
+    """
     deadline = time.monotonic() + timeout
     while not until():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        client._conn.io_step(min(remaining, 0.01))
+        step = min(remaining, 0.01)
+        try:
+            due = client.on_timer()  # may end the connection (a deadline, a silent peer)
+            fd = client.fileno()
+        except ConnectionBroken:
+            time.sleep(step)
+            continue
+        if due is not None:
+            step = min(step, due)
+        pending = getattr(client.socket(), "pending", None)  # TLS: decrypted bytes select() cannot see
+        buffered = pending is not None and pending() > 0
+        readable, writable = _wait_fd(fd, client.needs_write(), 0 if buffered else step)
+        if readable or buffered:
+            client.on_read()
+        if writable and _is_open(client):
+            client.on_write()
     return True
+
+
+def _is_open(client) -> bool:
+    try:
+        client.fileno()
+    except ConnectionBroken:
+        return False
+    return True
+
+
+def _wait_fd(fd: int, want_write: bool, timeout: float) -> tuple[bool, bool]:
+    """(readable, writable) of ``fd`` within ``timeout`` seconds; errors and hang-ups read as readable."""
+    poll = getattr(select, "poll", None)
+    if poll is None:  # no poll() (Windows): select
+        readable, writable, _ = select.select([fd], [fd] if want_write else [], [], timeout)
+        return bool(readable), bool(writable)
+    poller = poll()
+    poller.register(fd, (select.POLLIN | select.POLLOUT) if want_write else select.POLLIN)
+    events = poller.poll(timeout * 1000.0)
+    happened = events[0][1] if events else 0
+    return bool(happened & ~select.POLLOUT), bool(happened & select.POLLOUT)

@@ -414,3 +414,108 @@ def test_heartbeat_sent_after_half_an_interval_and_peer_dead_after_two_silent_in
     assert server.client_closed.wait(10), "the client kept the connection open"
     with pytest.raises(puka.ConnectionBroken):
         client.basic_publish(exchange="", routing_key="q", body=b"after")
+
+
+# --- 6. basic_consume(consumer_tag=...) is the tag used -------------------------------------------------
+
+
+def test_basic_consume_with_a_consumer_tag_consumes_under_that_tag(amqp_url, own_queue):
+    name = own_queue
+    recorder = FrameRecorder()
+    client = puka.Client(amqp_url, middleware=[recorder])
+    client.wait(client.connect(), timeout=10)
+    client.wait(client.queue_declare(queue=name), timeout=10)
+    client.wait(client.basic_publish(exchange="", routing_key=name, body=b"tagged"), timeout=10)
+    consume = client.basic_consume(queue=name, consumer_tag="my-tag")
+    delivered = client.wait(consume, timeout=10)
+    assert delivered["body"] == b"tagged"
+    assert delivered["consumer_tag"] == "my-tag"  # the broker delivers under the tag the consume asked for
+    # On the wire: the one basic.consume carried it, and the broker confirmed it.
+    out = [frame.method for frame in recorder.frames if frame.direction == "out" and frame.name == "basic.consume"]
+    assert [(m["queue"], m["consumer_tag"]) for m in out] == [(name, "my-tag")]
+    ok = [frame.method for frame in recorder.frames if frame.direction == "in" and frame.name == "basic.consume-ok"]
+    assert [m["consumer_tag"] for m in ok] == ["my-tag"]
+    client.basic_ack(delivered)
+    client.wait(client.basic_cancel(consume), timeout=10)
+    client.wait(client.close(), timeout=10)
+
+
+# --- 7. connection.blocked / connection.unblocked -------------------------------------------------------
+
+
+def test_connection_unblocked_clears_blocked_and_tells_on_blocked(fake_server_factory):
+    """RabbitMQ blocks only under a resource alarm (tests/test_blocked.py trips one): the fake server says it here."""
+    server = fake_server_factory()
+    client = puka.Client(server.url)
+    client.wait(client.connect(), timeout=10)
+    events: list = []
+    client.on_blocked = events.append
+    assert client.blocked is None
+
+    server.send(method(0, "connection.blocked", reason="low on memory"))
+    assert run_until(client, lambda: len(events) == 1)
+    assert events == ["low on memory"]
+    assert client.blocked == "low on memory"
+
+    server.send(method(0, "connection.unblocked"))
+    assert run_until(client, lambda: len(events) == 2)
+    assert events == ["low on memory", None]
+    assert client.blocked is None
+    client.wait(client.close(), timeout=10)
+
+
+# --- 8. the broker's connection.close is answered with close-ok ------------------------------------------
+
+
+def test_a_connection_close_from_the_broker_fails_pending_promises_and_is_answered_with_close_ok(
+    fake_server_factory,
+):
+    server = fake_server_factory()
+    # This test is about the close-ok answer, not about what comes after it.  puka.Client has
+    # no ``recovery`` option yet (puka does not reconnect by itself, docs/reliability.rst); if
+    # automatic recovery is added, build this client with it turned off (e.g. recovery=False),
+    # so that it does not reconnect to the fake server after the 320.  Nothing below depends
+    # on whether it reconnects.
+    client = puka.Client(server.url)
+    client.wait(client.connect(), timeout=10)
+    publish = client.basic_publish(exchange="", routing_key="q", body=b"unconfirmed")  # never acked here
+    consume = client.basic_consume(queue="q")  # consume-ok, then nothing delivered
+    assert run_until(client, lambda: server.count("basic.publish") == 1 and server.count("basic.consume") == 1)
+    assert client.wait([publish, consume], timeout=0) is None
+
+    server.send(method(0, "connection.close", reply_code=320, reply_text="bye", class_id=0, method_id=0))
+    for number in (publish, consume):
+        result = client.wait(number, timeout=10, raise_errors=False)
+        assert result is not None, "promise %d still pending after the broker's connection.close" % number
+        assert type(result.exception) is puka.ConnectionForced, repr(result.exception)
+        assert result.exception.reply_code == 320
+        assert result.exception.reply_text == "bye"
+    assert server.wait_for("connection.close-ok"), "the client never answered connection.close: %s" % server.names()
+    assert server.count("connection.close-ok") == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="puka bug: the broker's connection.close is read, then writing the close-ok fails on the reset "
+    "socket, and that ConnectionBroken reaches the promises before the broker's ConnectionForced "
+    "(Session._on_connection_close flushes the transport before on_broken(exc))",
+)
+def test_the_brokers_connection_close_is_what_promises_fail_with_even_when_a_reset_follows_it(
+    fake_server_factory,
+):
+    """What a broker shutdown (rabbitmqctl stop_app) looks like: connection.close 320, then the socket is gone.
+
+    docs/reliability.rst: every pending promise fails "with the broker's error when it gave one".
+    """
+    server = fake_server_factory()
+    client = puka.Client(server.url)  # no reconnection to expect: see the test above
+    client.wait(client.connect(), timeout=10)
+    consume = client.basic_consume(queue="q")
+    assert run_until(client, lambda: server.count("basic.consume") == 1)
+    server.send(method(0, "connection.close", reply_code=320, reply_text="bye", class_id=0, method_id=0))
+    server.close()  # and resets the connection: the close frame is already in the client's socket buffer
+    result = client.wait(consume, timeout=10, raise_errors=False)
+    assert result is not None, "the consume promise is still pending after the broker closed the connection"
+    assert type(result.exception) is puka.ConnectionForced, repr(result.exception)
+    assert result.exception.reply_code == 320
+    assert result.exception.reply_text == "bye"

@@ -358,6 +358,7 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/test_otel.py",
             "tests/test_cli.py::test_declare_publish_get_consume_delete",
             _GUARANTEES,
+            "tests/test_regressions.py::test_basic_consume_with_a_consumer_tag_consumes_under_that_tag",
         ),
         "basic_consume(consumer_tag=...) is ignored: a generated tag is used",
     ),
@@ -423,7 +424,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "puka/machines.py",
         '        self.blocked = None\n        log.info("connection unblocked")\n',
         '        log.info("connection unblocked")\n',
-        _CONFIRMS,
+        (*_CONFIRMS, "tests/test_regressions.py::test_connection_unblocked_clears_blocked_and_tells_on_blocked"),
         "connection.unblocked does not clear Client.blocked (test_blocked.py trips the broker's memory alarm: "
         "never selected here)",
     ),
@@ -581,6 +582,8 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/test_malformed.py",
             "tests/test_asyncio.py",
             _GUARANTEES,
+            "tests/test_regressions.py::"
+            "test_a_connection_close_from_the_broker_fails_pending_promises_and_is_answered_with_close_ok",
         ),
         "connection.close from the broker is not answered with connection.close-ok",
     ),
