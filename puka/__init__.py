@@ -27,8 +27,7 @@ from .exceptions import (
 )
 from .spec import ERRORS as _ERRORS
 from .urls import ConnectionParameters, parse_amqp_url
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 # One exception class per AMQP reply code, generated from the spec (NotFound, NoRoute...).
 globals().update({cls.__name__: cls for cls in _ERRORS.values()})

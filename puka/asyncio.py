@@ -9,7 +9,7 @@ operation still returns a promise number at once.  Then:
 * ``async for message in client.messages(consume_promise)`` iterates deliveries;
 * ``callback=`` functions run on the loop as results arrive.
 
-Data queued by any operation wakes the adapter (``Connection.wakeup``), which
+Data queued by any operation wakes the adapter (``Transport.wakeup``), which
 writes it on the next loop iteration, so many publishes issued in one go are
 written together.  Heartbeats and timeouts run from ``loop.call_later``.
 
@@ -36,8 +36,9 @@ import asyncio
 import time
 
 from . import client as _client
-from .connection import CLOSED, OPEN
 from .exceptions import ConnectionBroken, PromiseFinished
+from .protocol.handshake import Status
+from .transport import CLOSED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Client(_client.Client):
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
-        self._conn.wakeup = self._wakeup
+        self._transport.wakeup = self._wakeup
 
     # --- attaching to the loop ---------------------------------------------------------------
 
@@ -81,26 +82,27 @@ class Client(_client.Client):
             self._detach()
 
     async def __aenter__(self) -> Client:
-        if self._session.connect_promise is None:
+        if self._core.session.connect_promise is None:
             await self.connect_async()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._session.status in ("open", "handshake"):
+        status = self._core.status
+        if status is Status.OPEN or status.in_handshake:
             try:
                 await asyncio.wait_for(self.close_async(), _client.CLOSE_TIMEOUT + 1)
             except (ConnectionBroken, asyncio.TimeoutError):
                 pass
         self._detach()
-        self._conn.close()
+        self._core.drop()
 
     def _attach(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        if self._conn.state is CLOSED:
+        if self._transport.state is CLOSED:
             loop.call_soon(self._dispatch)
             return
-        self._fd = self._conn.fileno()
+        self._fd = self._transport.fileno()
         loop.add_reader(self._fd, self._on_readable)
         self._update_writer()
         self._schedule_timer()
@@ -126,28 +128,24 @@ class Client(_client.Client):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._session.pending_acks:
-            self._session.flush_acks()
-        conn = self._conn
-        if conn.state is OPEN and conn.backlog:
-            conn.on_write()
+        self._core.flush()
         self._after_io()
 
     def _on_readable(self) -> None:
-        self._conn.on_read()
+        self._transport.on_read()
         self._after_io()
 
     def _on_writable(self) -> None:
-        self._conn.on_write()
+        self._transport.on_write()
         self._after_io()
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._conn.check_timers(time.monotonic())
+        self._transport.check_timers(time.monotonic())
         self._after_io()
 
     def _after_io(self) -> None:
-        if self._conn.state is CLOSED:
+        if self._transport.state is CLOSED:
             self._detach()
         else:
             self._update_writer()
@@ -158,7 +156,7 @@ class Client(_client.Client):
     def _update_writer(self) -> None:
         if self._fd is None or self._loop is None:
             return
-        wanted = self._conn.needs_write()
+        wanted = self._transport.needs_write()
         if wanted and not self._writing:
             self._loop.add_writer(self._fd, self._on_writable)
             self._writing = True
@@ -169,14 +167,13 @@ class Client(_client.Client):
     def _schedule_timer(self) -> None:
         if self._loop is None:
             return
-        delay = self._conn.next_timer(time.monotonic())
+        delay = self._transport.next_timer(time.monotonic())
         if delay is not None:
             self._timer = self._loop.call_later(max(delay, 0.001), self._on_timer)
 
     def _dispatch(self) -> None:
         """Hand results over: callbacks run, awaiting futures resolve, the rest waits."""
-        session = self._session
-        ready = session.ready
+        ready = self._table.ready
         if not ready:
             return
         waiters = self._waiters
@@ -203,7 +200,7 @@ class Client(_client.Client):
 
     def _wake_finished(self) -> None:
         """Waiters on promises that ended without a result for them (a cancelled consume)."""
-        promises = self._session.promises
+        promises = self._table.promises
         for number in [n for n in self._waiters if n not in promises]:
             for future in self._waiters.pop(number):
                 if not future.done():
@@ -248,7 +245,7 @@ class Client(_client.Client):
 
     async def messages(self, consume_promise: int) -> AsyncIterator[Any]:
         """Iterate the messages of a consume promise until it ends (basic_cancel, queue deleted...)."""
-        while consume_promise in self._session.promises:
+        while consume_promise in self._table.promises:
             try:
                 yield await self.wait_async(consume_promise)
             except PromiseFinished:

@@ -1,9 +1,9 @@
 """The public API: puka's Client.
 
-Theory of operation: a :class:`Client` joins a :class:`~puka.connection.Connection`
-(socket, framing, heartbeats) to a :class:`~puka.machines.Session` (promises,
-channels, machines).  Every operation returns a promise number at once;
-nothing blocks until the application asks:
+Theory of operation: a :class:`Client` holds a :class:`~puka.promise.PromiseTable`
+and a :class:`~puka.core.Core` (one connection: transport and protocol
+session).  Every operation returns a promise number at once; nothing blocks
+until the application asks:
 
 * ``wait(promise)`` runs the event loop until that promise has a result, runs
   its callback if it has one, and returns the result (raising the error when
@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import time
 
-from . import spec
-from .connection import CLOSED, IDLE, OPEN, Connection
+from . import instrumentation, spec
+from .core import Core
 from .exceptions import ConnectionBroken, PromiseFinished
-from .machines import MAX_MESSAGE_SIZE, Session
-from .promise import ErrorResult
+from .promise import ErrorResult, Kind, PromiseTable
+from .protocol.assembler import MAX_MESSAGE_SIZE
+from .protocol.handshake import Status
 from .urls import check_option, parse_amqp_url
 
 TYPE_CHECKING = False
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .promise import Callback, Promise
+    from .protocol.session import Session
 
 #: Seconds to establish a connection (TCP, TLS, AMQP handshake) unless the URL says otherwise.
 DEFAULT_CONNECTION_TIMEOUT = 10.0
@@ -203,35 +205,24 @@ class Client:
         if params.tls:
             context, configured_name = _ssl_context(ssl_parameters, options)
             server_hostname = options.get("server_name_indication") or configured_name or params.host
-        self._conn = conn = Connection(
-            params.host,
-            params.port,
-            frame_handler=self._on_frames,
-            on_broken=self._on_broken,
-            ssl_context=context,
-            server_hostname=server_hostname,
-        )
-        self._session = Session(
-            conn.send,
-            conn.send_many,
-            username=params.username,
-            password=params.password,
-            vhost=params.vhost,
+        self._table = table = PromiseTable()
+        self._core = core = Core(
+            params,
+            table,
             pubacks=pubacks,
             client_properties=client_properties,
             heartbeat=heartbeat,
-            channel_max=options.get("channel_max", 2047),
-            frame_max=options.get("frame_max", 131072),
-            auth_mechanism=options.get("auth_mechanism", "PLAIN"),
+            ssl_context=context,
+            server_hostname=server_hostname,
             max_message_size=max_message_size,
-            set_heartbeat=conn.set_heartbeat,
-            set_frame_max=self._set_frame_max,
-            set_deadline=self._set_deadline,
-            close_transport=self._close_transport,
         )
-        self._session.request_flush = self._request_flush
-        self._conn.prepare_write = self._flush_acks
+        # The hot paths' shortcuts (publish, deliver, settle).
+        self._transport = core.transport
+        self._publishing = core.publishing
+        self._consuming = core.consuming
         self.middleware = list(middleware)
+        if instrumentation.CLIENT_MIDDLEWARE_HOOKS:
+            self.middleware = instrumentation.middleware_for_new_client(self.middleware)
         self._chain: Any = None
         if self.middleware:
             global _tracing
@@ -239,8 +230,8 @@ class Client:
 
             self._chain = _tracing.Chain(self, self.middleware)
             if self._chain.frame_watchers:
-                self._conn.frame_tap = self._chain
-            self._session.on_closed = self._chain.close
+                core.transport.frame_tap = self._chain
+            core.session.on_closed = self._chain.close
         #: (promise number, delivery tag) -> Delivery, for deliveries awaiting settlement (middleware only)
         self._deliveries: dict[tuple[int, int], Any] = {}
         self._loop_break = False
@@ -248,33 +239,10 @@ class Client:
         self.client_properties = client_properties
 
     def __repr__(self) -> str:
-        return "<puka.Client %s %s>" % (self.params.redacted_url(), self._session.status)
-
-    # --- plumbing between the layers --------------------------------------------------------------
-
-    def _on_frames(self, frames: list[Any]) -> None:
-        self._session.on_frames(frames)
-
-    def _on_broken(self, exc: ConnectionBroken) -> None:
-        self._session.on_broken(exc)
-
-    def _set_frame_max(self, frame_max: int) -> None:
-        self._conn.reader.frame_max = frame_max
-
-    def _set_deadline(self, when: float | None, why: str) -> None:
-        self._conn.deadline = when
-        self._conn.deadline_error = why
-
-    def _close_transport(self, exc: ConnectionBroken, flush: bool = False) -> None:
-        if flush:
-            self._conn.flush(0.5)
-        self._conn.close(exc)
+        return "<puka.Client %s %s>" % (self.params.redacted_url(), self._core.status.value)
 
     def _check(self) -> Session:
-        session = self._session
-        if session.error is not None:
-            raise session._broken_error()
-        return session
+        return self._core.check()
 
     # --- connection interface -----------------------------------------------------------------------
 
@@ -283,66 +251,49 @@ class Client:
         session = self._check()
         if session.connect_promise is not None:
             raise ValueError("connect() was already called on this client")
-        promise = session.start(callback)
-        self._set_deadline(
-            time.monotonic() + self.connection_timeout,
-            "connecting to %s timed out after %gs" % (self.params.redacted_url(), self.connection_timeout),
-        )
-        self._conn.open()
+        promise = self._core.connect(callback, self.connection_timeout, self.params.redacted_url())
         return promise.number
 
     def close(self, callback: Callback | None = None) -> int:
         """Close the connection (connection.close / close-ok); every pending promise fails."""
-        session = self._session
-        already = session.status == "closing"
-        if self._chain is not None and not already:
+        core = self._core
+        if self._chain is not None and core.status is not Status.CLOSING:
             self._chain.close()
-        promise = session.close(callback)
-        if not already and session.status == "closing":
-            self._set_deadline(time.monotonic() + CLOSE_TIMEOUT, "the broker did not answer connection.close")
-        return promise.number
+        return core.close(callback, CLOSE_TIMEOUT).number
 
     def __enter__(self) -> Client:
-        if self._session.connect_promise is None:
+        if self._core.session.connect_promise is None:
             self.wait(self.connect())
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._session.status in ("open", "handshake"):
+        status = self._core.status
+        if status is Status.OPEN or status.in_handshake:
             try:
                 self.wait(self.close(), timeout=CLOSE_TIMEOUT + 1)
             except ConnectionBroken:
                 pass
-        self._conn.close()
+        self._core.drop()
 
     def fileno(self) -> int:
         """The socket's file descriptor (for select/poll/epoll)."""
-        return self._conn.fileno()
+        return self._transport.fileno()
 
     def socket(self) -> Any:
         """The underlying socket (for event loops)."""
-        return self._conn.sock
+        return self._transport.sock
 
     def needs_write(self) -> bool:
         """True when the event loop should wait for the socket to be writable."""
-        return self._conn.needs_write()
+        return self._transport.needs_write()
 
     def on_read(self) -> None:
         """Call when the socket is readable: reads, decodes and dispatches what arrived."""
-        self._conn.on_read()
+        self._transport.on_read()
 
     def on_write(self) -> None:
         """Call when the socket is writable: writes what is queued."""
-        self._conn.on_write()
-
-    def _flush_acks(self) -> None:
-        if self._session.pending_acks:
-            self._session.flush_acks()
-
-    def _request_flush(self) -> None:
-        """The session has acks to send: event-loop adapters schedule a write."""
-        if self._conn.wakeup is not None:
-            self._conn.wakeup()
+        self._transport.on_write()
 
     def on_timer(self) -> float | None:
         """Run heartbeats and deadlines; returns seconds until they need this again.
@@ -350,61 +301,58 @@ class Client:
         Event loops other than ``wait``/``loop`` call this when the returned
         delay has passed (``wait`` and ``loop`` do it themselves).
         """
-        now = time.monotonic()
-        self._conn.check_timers(now)
-        return self._conn.next_timer(time.monotonic())
+        return self._core.on_timer()
 
     @property
     def blocked(self) -> str | None:
         """The broker's reason while it blocks this connection (low resources), else None."""
-        return self._session.blocked
+        return self._core.handshake.blocked
 
     @property
     def on_blocked(self) -> Callable[[str | None], None] | None:
         """Called with the reason when the broker blocks the connection, with None when it unblocks."""
-        return self._session.on_blocked
+        return self._core.handshake.blocked_callback
 
     @on_blocked.setter
     def on_blocked(self, callback: Callable[[str | None], None] | None) -> None:
-        self._session.on_blocked = callback
+        self._core.handshake.blocked_callback = callback
 
     @property
     def server_properties(self) -> dict[str, Any]:
         """What the broker announced in connection.start (product, version, capabilities...)."""
-        return self._session.server_properties
+        return self._core.handshake.server_properties
 
     @property
     def frame_max(self) -> int:
         """The largest frame, as negotiated with the broker."""
-        return self._session.frame_max
+        return self._core.handshake.frame_max
 
     @property
     def channel_max(self) -> int:
         """The most channels, as negotiated with the broker."""
-        return self._session.channel_max
+        return self._core.handshake.channel_max
 
     def run_any_callbacks(self) -> None:
         """Run the callbacks of every promise that has a result (never blocks, never raises them).
 
         Results of promises that have no callback are taken and dropped.
         """
-        session = self._session
-        ready = session.ready
-        take = session.take
+        table = self._table
+        ready = table.ready
+        take = table.take
         chain = self._chain
         while ready:
             promise = ready.popleft()
             if not promise.results:
                 continue
-            state = promise.state
             result = take(promise)
             if chain is not None and promise.callback is not None and _is_message(result):
-                self._run_observed_callback(promise, state, result)
+                self._run_observed_callback(promise, result)
             elif promise.callback is not None:
                 promise.callback(promise.number, result)
 
     def _lookup(self, number: int) -> Promise:
-        promise = self._session.promises.get(number)
+        promise = self._table.promises.get(number)
         if promise is None:
             raise ValueError("promise %r is not pending on this client (finished or unknown)" % (number,))
         return promise
@@ -418,9 +366,9 @@ class Client:
         (seconds) passes first.  An error result is raised unless
         ``raise_errors`` is False, in which case it is returned.
         """
-        session = self._session
+        table = self._table
         if promise_numbers.__class__ is int:
-            promise = session.promises.get(promise_numbers)
+            promise = table.promises.get(promise_numbers)
             if promise is None:
                 promise = self._lookup(promise_numbers)
             if promise.results:
@@ -430,17 +378,14 @@ class Client:
             promises = tuple(self._lookup(n) for n in promise_numbers)  # type: ignore[union-attr]
             if not promises:
                 raise ValueError("wait() needs at least one promise")
-        conn = self._conn
-        if session.pending_acks:
-            session.flush_acks()
-        if conn.state is OPEN and conn.backlog:
-            conn.on_write()  # flush first: the caller cannot tell whether wait() ran select
+        core = self._core
+        core.flush()  # first: the caller cannot tell whether wait() ran poll
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             for promise in promises:
                 if promise.results:
                     return self._deliver(promise, raise_errors)
-                if promise.final and promise.number not in session.promises:
+                if promise.final and promise.number not in table.promises:
                     raise PromiseFinished(promise.number)
             if deadline is None:
                 remaining = None
@@ -448,19 +393,18 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-            conn.io_step(remaining)
+            core.io_step(remaining)
 
     def _deliver(self, promise: Promise, raise_errors: bool) -> Any:
-        session = self._session
-        state = promise.state
-        result = session.take(promise)
-        if len(session.ready) > session.compact_at:
-            session.compact_ready()
+        table = self._table
+        result = table.take(promise)
+        if len(table.ready) > table.compact_at:
+            table.compact_ready()
         if self._chain is not None and _is_message(result):
             if promise.callback is not None:
-                self._run_observed_callback(promise, state, result)
+                self._run_observed_callback(promise, result)
             else:
-                self._delivered(promise, state, result, "wait")
+                self._delivered(promise, result, "wait")
             return result
         if promise.callback is not None:
             promise.callback(promise.number, result)
@@ -468,8 +412,8 @@ class Client:
             raise result.exception.with_traceback(None)
         return result
 
-    def _run_observed_callback(self, promise: Promise, state: Any, message: Any) -> None:
-        delivery = self._delivered(promise, state, message, "callback")
+    def _run_observed_callback(self, promise: Promise, message: Any) -> None:
+        delivery = self._delivered(promise, message, "callback")
         try:
             promise.callback(promise.number, message)  # type: ignore[misc]
         except BaseException as exc:
@@ -478,21 +422,18 @@ class Client:
         finally:
             self._chain.deliver_done(delivery)
 
-    def _delivered(self, promise: Promise, state: Any, message: Any, style: str) -> Any:
+    def _delivered(self, promise: Promise, message: Any, style: str) -> Any:
         """Tell the middleware a message reaches the application."""
         queue = None
         no_ack = True
         kind = "deliver"
-        consumers = getattr(state, "consumers", None)
-        if consumers is not None:
+        if promise.kind is Kind.CONSUME:
+            state = promise.consume
             no_ack = state.no_ack
-            tag = message.get("consumer_tag")
-            queue = next((c["queue"] for c in consumers if c["tag"] == tag), None)
-            if queue is None and len(consumers) == 1:
-                queue = consumers[0]["queue"]
-        elif isinstance(state, dict):  # basic_get
-            queue = state.get("queue")
-            no_ack = state.get("no_ack", False)
+            queue = state.queue_of(message.get("consumer_tag"))
+        elif promise.kind is Kind.GET and promise.traced is not None:
+            queue = promise.traced.queue
+            no_ack = promise.traced.no_ack
             kind = "get"
         delivery = _tracing.Delivery(self, message, promise.number, queue, no_ack, style, kind)
         if not no_ack:
@@ -515,7 +456,7 @@ class Client:
         """
         self._loop_break = False
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn = self._conn
+        core = self._core
         while True:
             self.run_any_callbacks()
             if self._loop_break:
@@ -526,11 +467,8 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-            conn.io_step(remaining)
-        if self._session.pending_acks:
-            self._session.flush_acks()
-        if conn.state is OPEN and conn.backlog:
-            conn.on_write()
+            core.io_step(remaining)
+        core.flush()
 
     def loop_break(self) -> None:
         """Make ``loop()`` return after the current callback."""
@@ -562,20 +500,18 @@ class Client:
         it, ``PublishNacked``, the channel error (e.g. ``NotFound`` for a
         missing exchange), ``ConnectionBroken``.
         """
-        session = self._session
         if self._chain is not None and self._chain.observes_publish():
             return self._publish_observed(exchange, routing_key, body, headers, mandatory, callback)
-        number = session.publish(exchange, routing_key, body, headers, mandatory, callback)
-        if self._conn._out_size + session.backlog_bytes > PUBLISH_HIGH_WATER:
+        publishing = self._publishing
+        number = publishing.publish(exchange, routing_key, body, headers, mandatory, callback)
+        if self._transport.backlog + publishing.backlog_bytes > PUBLISH_HIGH_WATER:
             self._drain()
         return number
 
     def _publish_observed(
         self, exchange: str, routing_key: str, body: Any, headers: Any, mandatory: bool, callback: Any
     ) -> int:
-        session = self._session
-        if session.error is not None:
-            raise session._broken_error()
+        self._check()
         if body.__class__ is bytes:
             size = len(body)
         elif isinstance(body, str):
@@ -588,29 +524,28 @@ class Client:
         publish = _tracing.OutgoingPublish(
             self, exchange, routing_key, dict(headers) if headers else {}, size, mandatory
         )
-        publish.promise = session.next_number
+        publish.promise = self._table.next_number
         chain = self._chain
         chain.publish(publish)
+        publishing = self._publishing
         try:
-            number = session.publish(exchange, routing_key, body, publish.headers, mandatory, callback)
+            number = publishing.publish(exchange, routing_key, body, publish.headers, mandatory, callback)
         except Exception as exc:
             chain.publish_done(publish, ErrorResult(exc))
             raise
-        promise = session.promises[number]
-        promise.state = publish
+        promise = self._table.promises[number]
+        promise.traced = publish
         promise.observer = chain.publish_observer
-        if self._conn._out_size + session.backlog_bytes > PUBLISH_HIGH_WATER:
+        if self._transport.backlog + publishing.backlog_bytes > PUBLISH_HIGH_WATER:
             self._drain()
         return number
 
     def _drain(self) -> None:
         """Push back: run the event loop until what waits to be sent is under half the high water."""
-        conn = self._conn
-        session = self._session
-        if conn.state is IDLE:
+        core = self._core
+        if not core.can_drain():
             return  # not connecting yet: nothing can drain
-        while conn.state is not CLOSED and conn.backlog + session.backlog_bytes > PUBLISH_HIGH_WATER // 2:
-            conn.io_step(1.0)
+        core.drain(PUBLISH_HIGH_WATER // 2)
 
     def basic_consume(
         self,
@@ -651,7 +586,8 @@ class Client:
         items = [{"queue": q} if isinstance(q, str) else dict(q) for q in queues]
         if not items:
             raise ValueError("basic_consume_multi needs at least one queue")
-        return self._check().consume(items, prefetch_count, no_ack, callback)
+        self._check()
+        return self._consuming.consume(items, prefetch_count, no_ack, callback)
 
     def basic_qos(self, consume_promise: int, prefetch_count: int = 0, callback: Callback | None = None) -> int:
         """Change the prefetch window of a consume promise.
@@ -661,38 +597,41 @@ class Client:
         the new window.  Messages already delivered stay valid to acknowledge
         and do not count against the new window.
         """
-        return self._check().qos(consume_promise, prefetch_count, callback)
+        self._check()
+        return self._consuming.qos(consume_promise, prefetch_count, callback)
 
     def basic_cancel(self, consume_promise: int, callback: Callback | None = None) -> int:
         """Stop a consume promise (all its queues); it ends once the broker confirms."""
-        return self._check().cancel(consume_promise, callback)
+        self._check()
+        return self._consuming.cancel(consume_promise, callback)
 
     def basic_get(self, queue: str, no_ack: bool = False, callback: Callback | None = None) -> int:
         """Fetch one message; the result has ``empty`` True when the queue had none."""
-        session = self._check()
+        self._check()
+        consuming = self._consuming
         if self._chain is None:
-            return session.get(queue, no_ack, callback)
+            return consuming.get(queue, no_ack, callback)
         get = _tracing.GetOperation(self, queue, no_ack)
-        get.promise = session.next_number
+        get.promise = self._table.next_number
         self._chain.get(get)
-        number = session.get(queue, no_ack, callback)
-        promise = session.promises[number]
-        promise.state = {"queue": queue, "no_ack": no_ack}
+        number = consuming.get(queue, no_ack, callback)
+        promise = self._table.promises[number]
+        promise.traced = get
         chain = self._chain
         promise.observer = lambda promise, result: chain.get_done(get, result)
         return number
 
     def basic_ack(self, msg_result: dict[str, Any], multiple: bool = False) -> None:
         """Acknowledge a delivered message (and, with ``multiple``, every earlier one of its consume)."""
-        self._session.settle(msg_result, "ack", multiple=multiple, before_send=self._settle_hook("ack"))
+        self._consuming.settle(msg_result, "ack", multiple=multiple, before_send=self._settle_hook("ack"))
 
     def basic_reject(self, msg_result: dict[str, Any], requeue: bool = True) -> None:
         """Reject a delivered message, requeueing it by default."""
-        self._session.settle(msg_result, "reject", requeue=requeue, before_send=self._settle_hook("reject"))
+        self._consuming.settle(msg_result, "reject", requeue=requeue, before_send=self._settle_hook("reject"))
 
     def basic_nack(self, msg_result: dict[str, Any], requeue: bool = True, multiple: bool = False) -> None:
         """Negatively acknowledge a delivered message (RabbitMQ's basic.nack)."""
-        self._session.settle(
+        self._consuming.settle(
             msg_result, "nack", requeue=requeue, multiple=multiple, before_send=self._settle_hook("nack")
         )
 

@@ -32,12 +32,14 @@ from __future__ import annotations
 import time as _real_time
 import types
 
-import puka.connection as _transport_module
-import puka.machines as _machines
+import puka.core as _core_module
+import puka.transport as _transport_module
 from puka import spec as _spec
 from puka.client import OPERATIONS as _OPERATIONS
 from puka.exceptions import ConnectionBroken as _ConnectionBroken
 from puka.framing import FrameReader as _FrameReader
+from puka.protocol.handshake import FRAME_MAX as _FRAME_MAX
+from puka.protocol.session import Session as _Session
 
 # --- a sans-IO protocol core, scripted ----------------------------------------------------------------
 
@@ -155,20 +157,33 @@ class Core:
         self._answered = 0  # entries of _methods that answer() has looked at
         self._unanswered: list = []
         self._transport_error: BaseException | None = None
-        self._reader = _FrameReader(_machines.FRAME_MAX)
+        self._reader = _FrameReader(_FRAME_MAX)
         self._results: dict[int, list] = {}
         self._observer = self._observe
-        self._session = _machines.Session(
-            self._send,
-            self._send_many,
-            pubacks=pubacks,
-            heartbeat=heartbeat,
-            set_frame_max=self._set_frame_max,
-            close_transport=self._close_transport,
-            **options,
-        )
+        self._session = _Session(self, pubacks=pubacks, heartbeat=heartbeat, **options)
 
-    # --- the recording transport
+    # --- the recording transport (the session's Port)
+
+    def set_heartbeat(self, interval: float) -> None:
+        pass
+
+    def set_deadline(self, when, why: str) -> None:
+        pass
+
+    def request_flush(self) -> None:
+        pass
+
+    def send(self, data) -> None:
+        self._send(data)
+
+    def send_many(self, buffers) -> None:
+        self._send_many(buffers)
+
+    def set_frame_max(self, frame_max: int) -> None:
+        self._set_frame_max(frame_max)
+
+    def close_transport(self, exc, flush: bool) -> None:
+        self._close_transport(exc, flush)
 
     def _send(self, data) -> None:
         if self._transport_error is not None:
@@ -195,7 +210,7 @@ class Core:
     def _track(self, promise_or_number) -> int:
         session = self._session
         if isinstance(promise_or_number, int):
-            promise = session.promises.get(promise_or_number)
+            promise = session.table.promises.get(promise_or_number)
             number = promise_or_number
         else:
             promise, number = promise_or_number, promise_or_number.number
@@ -213,7 +228,7 @@ class Core:
         capabilities: dict | None = None,
         server_properties: dict | None = None,
         channel_max: int = 2047,
-        frame_max: int = _machines.FRAME_MAX,
+        frame_max: int = _FRAME_MAX,
         heartbeat: int = 0,
     ) -> int:
         number = self._track(self._session.start())
@@ -295,17 +310,17 @@ class Core:
     # --- the client's side
 
     def publish(self, routing_key: str, body, *, exchange: str = "", headers=None, mandatory: bool = False) -> int:
-        return self._track(self._session.publish(exchange, routing_key, body, headers, mandatory, None))
+        return self._track(self._session.publishing.publish(exchange, routing_key, body, headers, mandatory, None))
 
     def consume(self, queue: str, *, prefetch_count: int = 0, no_ack: bool = False, consumer_tag=None) -> int:
         item = {"queue": queue, "consumer_tag": consumer_tag}
-        return self._track(self._session.consume([item], prefetch_count, no_ack, None))
+        return self._track(self._session.consuming.consume([item], prefetch_count, no_ack, None))
 
     def cancel(self, consume: int) -> int:
-        return self._track(self._session.cancel(consume, None))
+        return self._track(self._session.consuming.cancel(consume, None))
 
     def qos(self, consume: int, prefetch_count: int) -> int:
-        return self._track(self._session.qos(consume, prefetch_count, None))
+        return self._track(self._session.consuming.qos(consume, prefetch_count, None))
 
     def declare(self, queue: str) -> int:
         operation = _OPERATIONS["queue_declare"]
@@ -313,22 +328,22 @@ class Core:
         return self._track(self._session.call(operation.request, operation.reply_ids, args, None))
 
     def get(self, queue: str, *, no_ack: bool = False) -> int:
-        return self._track(self._session.get(queue, no_ack, None))
+        return self._track(self._session.consuming.get(queue, no_ack, None))
 
     def close(self) -> int:
         return self._track(self._session.close())
 
     def ack(self, message) -> None:
-        self._session.settle(message, "ack")
+        self._session.consuming.settle(message, "ack")
 
     def take_results(self) -> list:
-        session = self._session
-        ready = session.ready
+        table = self._session.table
+        ready = table.ready
         taken = []
         while ready:
             promise = ready.popleft()
             if promise.results:
-                taken.append((promise.number, session.take(promise)))
+                taken.append((promise.number, table.take(promise)))
         return taken
 
     # --- what can be seen
@@ -365,7 +380,7 @@ class Core:
         return self._session.error
 
     def pending(self) -> list[int]:
-        return sorted(number for number, promise in self._session.promises.items() if not promise.final)
+        return sorted(number for number, promise in self._session.table.promises.items() if not promise.final)
 
     def _recorded(self) -> dict:
         if not self.record:
@@ -380,11 +395,11 @@ class Core:
         return len(self._recorded().get(number, ()))
 
     def promises_made(self) -> range:
-        return range(1, self._session.next_number)
+        return range(1, self._session.table.next_number)
 
     def in_flight_publishes(self) -> list[int]:
         numbers = set()
-        for publisher in self._session.publishers.values():
+        for publisher in self._session.publishing.publishers.values():
             numbers.update(promise.number for promise in publisher.inflight.values())
             numbers.update(entry[0].number for entry in publisher.backlog)
         return sorted(numbers)
@@ -437,12 +452,13 @@ def install_client_clock(monkeypatch) -> FakeClock:
 
     clock = install_transport_clock(monkeypatch)
     monkeypatch.setattr(_client_module, "time", _transport_module.time)
+    monkeypatch.setattr(_core_module, "time", _transport_module.time)
     return clock
 
 
 def unsent_bytes(client) -> int:
     """What ``PUBLISH_HIGH_WATER`` bounds: bytes queued for the socket plus publishes waiting for their channel."""
-    return client._conn.backlog + client._session.backlog_bytes
+    return client._core.backlog
 
 
 def record_read_sizes(client) -> list[int]:
@@ -459,7 +475,7 @@ def record_read_sizes(client) -> list[int]:
             self.sizes.append(len(data))
             return FrameReader.feed(self, data)
 
-    transport = client._conn
+    transport = client._core.transport
     reader = CountingReader(transport.reader.frame_max)
     reader.sizes = []
     transport.reader = reader

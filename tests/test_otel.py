@@ -855,7 +855,7 @@ def test_instrumentor_traces_every_client_once(amqp_url, otel, instrumentor, nam
 
     assert PukaInstrumentor is type(instrumentor)
     assert instrumentor.instrumentation_dependencies() == ("puka >= 0.1",)
-    original = puka.Client.__init__
+    assert puka.Client(amqp_url).middleware == []
     instrumentor.instrument(
         tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider, skip_dep_check=True
     )
@@ -863,7 +863,6 @@ def test_instrumentor_traces_every_client_once(amqp_url, otel, instrumentor, nam
         tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider, skip_dep_check=True
     )
     PukaInstrumentor().instrument(tracer_provider=otel.tracer_provider, skip_dep_check=True)
-    assert puka.Client.__init__ is not original
 
     plain = puka.Client(amqp_url)
     explicit = puka.Client(amqp_url, middleware=[otel.middleware()])
@@ -878,7 +877,6 @@ def test_instrumentor_traces_every_client_once(amqp_url, otel, instrumentor, nam
     assert len(otel.spans("publish")) == 1
 
     instrumentor.uninstrument()
-    assert puka.Client.__init__ is original
     assert puka.Client(amqp_url).middleware == []
 
 

@@ -272,8 +272,8 @@ class Chain:
                 log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
 
     def publish_observer(self, promise: Any, result: Any) -> None:
-        """Promise observer of an observed publish (its OutgoingPublish is the promise's state)."""
-        self.publish_done(promise.state, result)
+        """Promise observer of an observed publish (its OutgoingPublish is the promise's ``traced``)."""
+        self.publish_done(promise.traced, result)
 
     def deliver(self, delivery: Delivery) -> None:
         for mw in self.deliverers:

@@ -67,7 +67,6 @@ still open when the connection closes or breaks are ended by ``on_close``.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import time
@@ -87,7 +86,8 @@ try:  # what the API's metrics proxies look at; optional, there is a slower publ
 except ImportError:  # pragma: no cover - another API version
     _metrics_internal = None  # type: ignore[assignment]
 
-from .. import __version__
+from .. import instrumentation
+from ..version import __version__
 from . import Middleware
 
 TYPE_CHECKING = False
@@ -832,37 +832,26 @@ def _make_instrumentor() -> type:
         def instrumentation_dependencies(self) -> tuple[str, ...]:
             return _INSTRUMENTS
 
-        def _instrument(self, **kwargs: Any) -> None:
-            from ..client import Client
+        _hook: Any = None
 
-            if getattr(Client.__init__, "__puka_otel_wrapped__", None) is not None:
+        def _instrument(self, **kwargs: Any) -> None:
+            if PukaInstrumentor._hook is not None:
                 return
             options = {key: value for key, value in kwargs.items() if key in _MIDDLEWARE_OPTIONS}
             middleware = OpenTelemetryMiddleware(**options)
-            original = Client.__init__
-            signature = inspect.signature(original)
 
-            @functools.wraps(original)
-            def __init__(client: Any, *args: Any, **kw: Any) -> None:
-                try:
-                    bound = signature.bind(client, *args, **kw)
-                except TypeError:
-                    return original(client, *args, **kw)  # let the real signature complain
-                chain = list(bound.arguments.get("middleware", ()))
-                if not any(isinstance(mw, OpenTelemetryMiddleware) for mw in chain):
-                    chain.append(middleware)
-                    bound.arguments["middleware"] = chain
-                original(*bound.args, **bound.kwargs)
+            def add_middleware(chain: list[Any]) -> list[Any]:
+                if any(isinstance(mw, OpenTelemetryMiddleware) for mw in chain):
+                    return chain
+                return [*chain, middleware]
 
-            __init__.__puka_otel_wrapped__ = original  # type: ignore[attr-defined]
-            Client.__init__ = __init__  # type: ignore[method-assign,assignment]
+            PukaInstrumentor._hook = add_middleware
+            instrumentation.install(add_middleware)
 
         def _uninstrument(self, **kwargs: Any) -> None:
-            from ..client import Client
-
-            original = getattr(Client.__init__, "__puka_otel_wrapped__", None)
-            if original is not None:
-                Client.__init__ = original  # type: ignore[method-assign]
+            hook, PukaInstrumentor._hook = PukaInstrumentor._hook, None
+            if hook is not None:
+                instrumentation.uninstall(hook)
 
     PukaInstrumentor.__module__ = __name__
     PukaInstrumentor.__qualname__ = "PukaInstrumentor"

@@ -1,9 +1,9 @@
-"""The transport: socket, TLS, buffers, heartbeats and the select step.
+"""The transport: socket, TLS, buffers, heartbeats and the poll step.
 
-Theory of operation: a :class:`Connection` moves bytes between a non-blocking
+Theory of operation: a :class:`Transport` moves bytes between a non-blocking
 socket and the layers above, and knows AMQP only as far as framing.
 
-* Opening walks ``CONNECTING`` (non-blocking TCP connect) -> ``TLS``
+* Opening walks (:class:`TransportState`) ``IDLE`` -> ``CONNECTING`` (non-blocking TCP connect) -> ``TLS``
   (non-blocking handshake, for ``amqps``) -> ``OPEN``.  Bytes sent before
   ``OPEN`` wait in the send buffer.
 * Inbound bytes go through a :class:`~puka.framing.FrameReader`; complete frames
@@ -27,6 +27,7 @@ socket and the layers above, and knows AMQP only as far as framing.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import select
@@ -45,7 +46,20 @@ if TYPE_CHECKING:
 
     from .framing import Buffer, Frame
 
-IDLE, CONNECTING, TLS, OPEN, CLOSED = "idle", "connecting", "tls", "open", "closed"
+
+class TransportState(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    TLS = "tls handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+IDLE = TransportState.IDLE
+CONNECTING = TransportState.CONNECTING
+TLS = TransportState.TLS
+OPEN = TransportState.OPEN
+CLOSED = TransportState.CLOSED
 
 #: Try writing at once when this many bytes are waiting, instead of waiting for the loop.
 WRITE_EAGERLY = 128 * 1024
@@ -60,7 +74,7 @@ _POLLOUT = getattr(select, "POLLOUT", 4)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EINTR)
 
 
-class Connection:
+class Transport:
     """A framed AMQP transport over one socket.  See the module docstring."""
 
     def __init__(
@@ -78,11 +92,12 @@ class Connection:
         self.on_broken = on_broken
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
-        self.state = IDLE
+        self.state: TransportState = IDLE
         self.sock: Any = None
         self.reader = FrameReader()
         self._out: deque[Buffer] = deque()
-        self._out_size = 0
+        #: bytes queued and not yet written to the socket
+        self.backlog = 0
         self._want_write = False  # TLS handshake asked for writability
         self.error: ConnectionBroken | None = None
         self.heartbeat = 0.0
@@ -185,7 +200,7 @@ class Connection:
             self.prepare_write()
         state = self.state
         if state is OPEN:
-            return self._out_size > 0
+            return self.backlog > 0
         if state is CONNECTING:
             return True
         if state is TLS:
@@ -283,7 +298,7 @@ class Connection:
                 self._io_error(exc)
                 return
             self.last_send = time.monotonic()
-            self._out_size -= sent
+            self.backlog -= sent
             if sent < len(out[0]):
                 out[0] = memoryview(out[0])[sent:]
                 return
@@ -317,11 +332,11 @@ class Connection:
             raise self.error or ConnectionBroken("connection closed")
         if self.frame_tap is not None:
             self.frame_tap.bytes_out(data)
-        if not self._out_size and self.wakeup is not None:
+        if not self.backlog and self.wakeup is not None:
             self.wakeup()
         self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= WRITE_EAGERLY and self.state is OPEN:
+        self.backlog += len(data)
+        if self.backlog >= WRITE_EAGERLY and self.state is OPEN:
             self.on_write()
 
     def send_many(self, buffers: list[Buffer]) -> None:
@@ -332,18 +347,22 @@ class Connection:
         if self.frame_tap is not None:
             for data in buffers:
                 self.frame_tap.bytes_out(data)
-        if not self._out_size and self.wakeup is not None:
+        if not self.backlog and self.wakeup is not None:
             self.wakeup()
         for data in buffers:
             out.append(data)
-            self._out_size += len(data)
-        if self._out_size >= WRITE_EAGERLY and self.state is OPEN:
+            self.backlog += len(data)
+        if self.backlog >= WRITE_EAGERLY and self.state is OPEN:
             self.on_write()
 
-    @property
-    def backlog(self) -> int:
-        """Bytes queued and not yet written to the socket."""
-        return self._out_size
+    def set_frame_max(self, frame_max: int) -> None:
+        """Refuse inbound frames larger than this (the size agreed in the handshake)."""
+        self.reader.frame_max = frame_max
+
+    def set_deadline(self, when: float | None, why: str) -> None:
+        """Fail the connection with ``why`` at monotonic time ``when`` (None: disarm)."""
+        self.deadline = when
+        self.deadline_error = why
 
     # --- timers -----------------------------------------------------------------------------------
 
@@ -380,7 +399,7 @@ class Connection:
             if now - self.last_send >= self.heartbeat / 2:
                 self.send(HEARTBEAT)
                 self.on_write()
-                if self._out_size:
+                if self.backlog:
                     # Could not write (peer not reading): a heartbeat is queued; do not
                     # queue another every loop iteration.
                     self.last_send = now
@@ -464,7 +483,7 @@ class Connection:
     def flush(self, timeout: float) -> None:
         """Best effort: write what is buffered, waiting at most ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while self.state is OPEN and self._out_size:
+        while self.state is OPEN and self.backlog:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -479,7 +498,7 @@ class Connection:
         self.state = CLOSED
         self._poller = None
         self._out.clear()
-        self._out_size = 0
+        self.backlog = 0
         sock, self.sock = self.sock, None
         if sock is not None:
             try:

@@ -1,0 +1,392 @@
+"""Consuming: consumers, deliveries, qos, cancel, gets and settling.
+
+Theory of operation: a consume promise owns one pooled channel.  On it go one
+``basic.qos`` (the per-consumer prefetch window) and one ``basic.consume`` per
+queue (:meth:`Consuming.consume`); every ``basic.deliver`` on that channel is
+one more result of the promise.  A message delivered with acks on is kept in
+the channel's ``unacked`` (delivery tag -> message) until it is settled, and
+the promise keeps its channel while it ``held`` any.
+
+* ``basic_qos`` and ``basic_cancel`` of a consume wait for its last
+  ``basic.consume-ok`` (RabbitMQ may answer a later method first, and a cancel
+  sent before consume-ok crashes the channel).
+* The broker cancelling a consumer (queue deleted) fails the consume promise
+  with ConsumerCancelled and cancels its sibling consumers.
+* Settling: ``basic.ack``/``nack``/``reject`` are checked against ``unacked``
+  (a message from another channel, already settled or consumed without acks
+  is a ValueError at the call).  An ack of the lowest unsettled tag is
+  deferred: deferred acks of a channel go out as one ``basic.ack(multiple)``
+  every :data:`ACK_BATCH` acks, or when the client is about to block, write
+  or close (:meth:`Consuming.flush_acks`).
+* ``basic.get`` borrows a pooled channel for one ``get-ok``/``get-empty``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .. import exceptions, spec
+from ..framing import method_frame
+from ..promise import Kind, Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ..promise import Callback, Promise
+    from .channels import Channel
+    from .session import Session
+
+M = spec.METHODS_BY_NAME
+BASIC_QOS_OK = M["basic.qos-ok"].method_id
+BASIC_CONSUME_OK = M["basic.consume-ok"].method_id
+BASIC_CANCEL = M["basic.cancel"].method_id
+BASIC_CANCEL_OK = M["basic.cancel-ok"].method_id
+BASIC_DELIVER = M["basic.deliver"].method_id
+BASIC_GET_OK = M["basic.get-ok"].method_id
+BASIC_GET_EMPTY = M["basic.get-empty"].method_id
+
+_encode_ack = M["basic.ack"].encode_args
+_encode_nack = M["basic.nack"].encode_args
+_encode_reject = M["basic.reject"].encode_args
+_encode_qos = M["basic.qos"].encode_args
+_encode_cancel = M["basic.cancel"].encode_args
+
+#: Deferred acks of a channel are sent as one basic.ack(multiple) at least this often.
+ACK_BATCH = 64
+
+
+class ConsumeState:
+    """What a consume promise remembers: its consumers, ack mode, what waits for its channel."""
+
+    __slots__ = ("no_ack", "consumers", "by_tag", "cancel_promise", "deferred", "started")
+
+    def __init__(self, no_ack: bool, consumers: list[dict[str, Any]]) -> None:
+        self.no_ack = no_ack
+        self.consumers = consumers
+        #: consumer tag -> queue, for telling which queue a delivery came from
+        self.by_tag: dict[str, str] = {consumer["tag"]: consumer["queue"] for consumer in consumers}
+        self.cancel_promise: Promise | None = None
+        self.deferred: list[Callable[[Channel], None]] = []
+        self.started = False
+
+    def queue_of(self, consumer_tag: str | None) -> str | None:
+        """The queue a delivery with this consumer tag came from."""
+        queue: str | None = self.by_tag.get(consumer_tag)  # type: ignore[arg-type]
+        if queue is None and len(self.by_tag) == 1:
+            queue = next(iter(self.by_tag.values()))
+        return queue
+
+
+class Consuming:
+    """Consumers, gets and settlements of one connection.  See the module docstring."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        #: channels with a deferred ack, and who to tell when the first one comes
+        self.pending_acks: list[Channel] = []
+
+    # --- consume --------------------------------------------------------------------------------------
+
+    def consume(
+        self,
+        queues: list[dict[str, Any]],
+        prefetch_count: int,
+        no_ack: bool,
+        callback: Callback | None,
+    ) -> int:
+        """basic.qos then basic.consume for each queue; every delivery is a result."""
+        session = self.session
+        qos = _encode_qos(0, prefetch_count, False)
+        number = session.table.next_number
+        consumers = []
+        for index, item in enumerate(queues):
+            consumer = {
+                "queue": item["queue"],
+                "no_local": bool(item.get("no_local", False)),
+                "exclusive": bool(item.get("exclusive", False)),
+                "arguments": item.get("arguments") or {},
+                "tag": item.get("consumer_tag") or "puka.%d.%d" % (number, index),
+                "index": index,
+            }
+            _consume_payload(consumer, no_ack)  # bad arguments raise here, before anything is sent
+            consumers.append(consumer)
+        promise = session.new_promise(callback, Kind.CONSUME)
+        state = promise.consume = ConsumeState(no_ack, consumers)
+
+        def start(promise: Promise) -> None:
+            channel = promise.channel
+            channel.handlers[BASIC_DELIVER] = self.on_deliver
+            channel.handlers[BASIC_CANCEL] = self.on_server_cancel
+            session.send(method_frame(channel.number, qos))
+            channel.expect((BASIC_QOS_OK,), _ignore)
+            for i, consumer in enumerate(consumers):
+                session.send(method_frame(channel.number, _consume_payload(consumer, no_ack)))
+                channel.expect((BASIC_CONSUME_OK,), started if i == len(consumers) - 1 else _ignore)
+
+        def started(channel: Channel, _reply: Any) -> None:
+            # RabbitMQ may answer a later method before basic.consume-ok (and a cancel
+            # sent before it crashes the channel): qos and cancel wait for this.
+            state.started = True
+            deferred, state.deferred = state.deferred, []
+            for action in deferred:
+                action(channel)
+
+        session.channels.acquire(promise, start)
+        return promise.number
+
+    def on_deliver(self, channel: Channel, message: Any) -> None:
+        promise = channel.promise
+        if promise is None or promise.final:
+            # Deliveries racing a cancel whose promise is gone: hand them back.
+            self.session.send(method_frame(channel.number, _encode_reject(message["delivery_tag"], True)))
+            return
+        message["promise_number"] = promise.number
+        if not promise.consume.no_ack:
+            tag = message["delivery_tag"]
+            channel.unacked[tag] = message
+            channel.last_tag = tag
+            if not channel.low:
+                channel.low = tag
+            promise.held += 1
+        results = promise.results
+        if results is None:
+            promise.results = results = deque()
+        results.append(message)
+        self.session.table.ready.append(promise)
+
+    def on_server_cancel(self, channel: Channel, method: Any) -> None:
+        """The broker cancelled one of our consumers (queue deleted...): end the consume promise."""
+        session = self.session
+        promise = channel.promise
+        tag = method["consumer_tag"]
+        if not method["no_wait"]:
+            session.send(method_frame(channel.number, M["basic.cancel-ok"].encode_args(tag)))
+        if promise is None or promise.final:
+            return
+        state = promise.consume
+        for consumer in state.consumers:
+            if consumer["tag"] != tag:
+                session.send(method_frame(channel.number, _encode_cancel(consumer["tag"], False)))
+                channel.expect((BASIC_CANCEL_OK,), _ignore)
+        state.consumers = []
+        channel.handlers[BASIC_CANCEL] = _ignore
+        session.table.fail(
+            promise,
+            exceptions.ConsumerCancelled("the broker cancelled consumer %s (queue deleted?)" % tag),
+            {"consumer_tag": tag},
+        )
+
+    def channel_closed(self, promise: Promise, exc: BaseException) -> None:
+        """The consume's channel was closed by the broker: a pending cancel fails with it."""
+        cancel = promise.consume.cancel_promise
+        if cancel is not None and not cancel.final:
+            self.session.table.fail(cancel, exc)
+
+    def consume_promise(self, number: int, what: str) -> Promise:
+        promise = self.session.table.promises.get(number)
+        if promise is None or promise.kind is not Kind.CONSUME:
+            raise ValueError("%s: promise %r is not an active basic_consume" % (what, number))
+        return promise
+
+    @staticmethod
+    def _on_consume_channel(consume: Promise, action: Callable[[Channel], None]) -> None:
+        state = consume.consume
+        if state.started and consume.channel is not None:
+            action(consume.channel)
+        else:
+            state.deferred.append(action)
+
+    def qos(self, consume_number: int, prefetch_count: int, callback: Callback | None) -> int:
+        """Change a consume promise's prefetch window.
+
+        RabbitMQ applies a (per-consumer) basic.qos to consumers started after
+        it, so each consumer is cancelled and started again, under the same
+        tag, with the new window.  Messages delivered before stay deliverable
+        and acknowledgeable; unacknowledged ones do not count against the new
+        window.
+        """
+        session = self.session
+        consume = self.consume_promise(consume_number, "basic_qos")
+        payload = _encode_qos(0, prefetch_count, False)
+        promise = session.new_promise(callback, Kind.CONSUME_CONTROL)
+        state = consume.consume
+
+        def switch(channel: Channel) -> None:
+            if consume.final:
+                session.table.resolve(promise, Result())
+                return
+            session.send(method_frame(channel.number, payload))
+            replies = [BASIC_QOS_OK]
+            for consumer in state.consumers:
+                # Same tag: RabbitMQ forgets a tag as it processes basic.cancel.
+                session.send(method_frame(channel.number, _encode_cancel(consumer["tag"], False)))
+                session.send(method_frame(channel.number, _consume_payload(consumer, state.no_ack)))
+                replies += [BASIC_CANCEL_OK, BASIC_CONSUME_OK]
+            remaining = [len(replies)]
+
+            def answered(channel: Channel, reply: Any) -> None:
+                remaining[0] -= 1
+                if not remaining[0]:
+                    session.table.resolve(promise, Result(prefetch_count=prefetch_count))
+
+            for reply in replies:
+                channel.expect((reply,), answered)
+
+        self._on_consume_channel(consume, switch)
+        return promise.number
+
+    def cancel(self, consume_number: int, callback: Callback | None) -> int:
+        """basic.cancel every consumer of a consume promise; the consume promise then ends."""
+        session = self.session
+        consume = self.consume_promise(consume_number, "basic_cancel")
+        state = consume.consume
+        promise = session.new_promise(callback, Kind.CONSUME_CONTROL)
+        state.cancel_promise = promise
+        table = session.table
+
+        def finish(channel: Channel, reply: Any) -> None:
+            table.resolve(promise, reply)
+            table.end_quietly(consume)
+
+        def send_cancels(channel: Channel) -> None:
+            consumers, state.consumers = state.consumers, []
+            channel.handlers[BASIC_CANCEL] = _ignore
+            if not consumers or consume.final:
+                finish(channel, Result())
+                return
+            for i, consumer in enumerate(consumers):
+                session.send(method_frame(channel.number, _encode_cancel(consumer["tag"], False)))
+                channel.expect((BASIC_CANCEL_OK,), finish if i == len(consumers) - 1 else _ignore)
+
+        if consume.final:
+            table.resolve(promise, Result())
+        else:
+            self._on_consume_channel(consume, send_cancels)
+        return promise.number
+
+    # --- get ------------------------------------------------------------------------------------------
+
+    def get(self, queue: str, no_ack: bool, callback: Callback | None) -> int:
+        """basic.get: a message (held for its ack) or a result with ``empty`` True."""
+        session = self.session
+        payload = M["basic.get"].encode_args(queue, no_ack)
+        promise = session.new_promise(callback, Kind.GET)
+
+        def start(promise: Promise) -> None:
+            channel = promise.channel
+            session.send(method_frame(channel.number, payload))
+            channel.expect((BASIC_GET_OK, BASIC_GET_EMPTY), got)
+
+        def got(channel: Channel, reply: Any) -> None:
+            if reply.method_id == BASIC_GET_EMPTY:
+                session.table.resolve(promise, Result(empty=True))
+                return
+            reply["promise_number"] = promise.number
+            if not no_ack:
+                tag = reply["delivery_tag"]
+                channel.unacked[tag] = reply
+                channel.last_tag = tag
+                if not channel.low:
+                    channel.low = tag
+                promise.held = 1
+            session.table.resolve(promise, reply)
+
+        session.channels.acquire(promise, start)
+        return promise.number
+
+    # --- settling -------------------------------------------------------------------------------------
+
+    def settle(
+        self,
+        message: Any,
+        verb: str,
+        requeue: bool = True,
+        multiple: bool = False,
+        before_send: Callable[[Any, list[int]], None] | None = None,
+    ) -> None:
+        """basic.ack / basic.nack / basic.reject a delivered message (no promise: no reply).
+
+        ``before_send(message, tags)`` is called once the settlement is known
+        valid, with every delivery tag it settles, just before it is sent.
+        """
+        session = self.session
+        if session.error is not None:
+            raise session.broken_error()
+        try:
+            number = message["promise_number"]
+            tag = message["delivery_tag"]
+        except (KeyError, TypeError):
+            raise ValueError("basic_%s takes a message delivered by basic_consume or basic_get" % verb) from None
+        promise = session.table.promises.get(number)
+        channel = promise.channel if promise is not None else None
+        if channel is None or channel.unacked.get(tag) is not message:
+            raise ValueError(
+                "basic_%s: message (delivery tag %r) is not awaiting an acknowledgement from this client: "
+                "already settled, consumed with no_ack, from a channel that closed, or from another client"
+                % (verb, tag)
+            )
+        unacked = channel.unacked
+        settled = [t for t in unacked if t <= tag] if multiple else [tag]
+        if before_send is not None:
+            before_send(message, settled)
+        for t in settled:
+            del unacked[t]
+        low = channel.low
+        last = channel.last_tag
+        while low <= last and low not in unacked:
+            low += 1
+        channel.low = low
+        if verb == "ack" and tag < low:
+            # Every tag up to this one is settled: one basic.ack(multiple) can stand for
+            # this ack and the others deferred on the channel (fewer frames for both sides).
+            if not channel.pending_ack:
+                self.pending_acks.append(channel)
+                if len(self.pending_acks) == 1:
+                    session.port.request_flush()
+            channel.pending_ack = tag
+            channel.pending_count += len(settled)
+            if channel.pending_count >= ACK_BATCH:
+                self.send_pending_ack(channel)
+        else:
+            if verb == "ack":
+                payload = _encode_ack(tag, multiple)
+            elif verb == "nack":
+                payload = _encode_nack(tag, multiple, requeue)
+            else:
+                payload = _encode_reject(tag, requeue)
+            session.send(method_frame(channel.number, payload))
+        promise.held -= len(settled)  # type: ignore[union-attr]
+        if promise.final and not promise.results and not promise.held:  # type: ignore[union-attr]
+            session.table.forget(promise)  # type: ignore[arg-type]
+
+    def send_pending_ack(self, channel: Channel) -> None:
+        tag = channel.pending_ack
+        channel.pending_ack = 0
+        channel.pending_count = 0
+        if channel.is_open and self.session.channels.by_number.get(channel.number) is channel:
+            self.session.send(method_frame(channel.number, _encode_ack(tag, True)))
+
+    def flush_acks(self) -> None:
+        """Send the acks deferred by ``settle`` (before blocking, writing or closing)."""
+        channels, self.pending_acks = self.pending_acks, []
+        for channel in channels:
+            if channel.pending_ack:
+                self.send_pending_ack(channel)
+
+
+def _ignore(channel: Channel, method: Any) -> None:
+    pass
+
+
+def _consume_payload(consumer: dict[str, Any], no_ack: bool) -> bytes:
+    return M["basic.consume"].encode_args(
+        consumer["queue"],
+        consumer["tag"],
+        consumer["no_local"],
+        no_ack,
+        consumer["exclusive"],
+        False,
+        consumer["arguments"],
+    )
