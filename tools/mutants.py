@@ -219,9 +219,9 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- the five gaps of the earlier audit ---------------------------------------------------------
     Mutant(
         "close_skips_ack_flush",
-        "puka/machines.py",
-        '        self.flush_acks()\n        self.status = "closing"\n',
-        '        self.status = "closing"\n',
+        "puka/protocol/session.py",
+        "        self.consuming.flush_acks()\n        zero = self.channels.by_number[0]\n",
+        "        zero = self.channels.by_number[0]\n",
         (
             _T_CLIENT,
             "tests/test_otel.py",
@@ -233,9 +233,13 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "frame_max_not_applied",
-        "puka/client.py",
-        "    def _set_frame_max(self, frame_max: int) -> None:\n        self._conn.reader.frame_max = frame_max\n",
-        "    def _set_frame_max(self, frame_max: int) -> None:\n        pass\n",
+        "puka/transport.py",
+        "    def set_frame_max(self, frame_max: int) -> None:\n"
+        '        """Refuse inbound frames larger than this (the size agreed in the handshake)."""\n'
+        "        self.reader.frame_max = frame_max\n",
+        "    def set_frame_max(self, frame_max: int) -> None:\n"
+        '        """Refuse inbound frames larger than this (the size agreed in the handshake)."""\n'
+        "        pass\n",
         (
             "tests/test_malformed.py",
             "tests/test_urls.py::test_client_uses_channel_and_frame_max_from_the_url",
@@ -256,7 +260,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "nack_multiple_only_own_tag",
-        "puka/machines.py",
+        "puka/protocol/publishing.py",
         "            tags = range(publisher.low, tag + 1)\n            publisher.low = tag + 1\n",
         "            tags = range(tag, tag + 1)\n            publisher.low = tag + 1\n",
         _CONFIRMS[:2] + ("tests/test_otel.py::test_nacked_publish_is_publish_nacked", _REGRESSIONS, _GUARANTEES),
@@ -265,7 +269,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "heartbeat_3x",
-        "puka/connection.py",
+        "puka/transport.py",
         "            if now - self.last_recv > self.heartbeat * 2:\n",
         "            if now - self.last_recv > self.heartbeat * 3:\n",
         _HEARTBEATS + (_REGRESSIONS,),
@@ -281,7 +285,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- confirms ------------------------------------------------------------------------------------
     Mutant(
         "confirm_multiple_ack_off_by_one",
-        "puka/machines.py",
+        "puka/protocol/publishing.py",
         "            for t in range(low, tag + 1):\n",
         "            for t in range(low, tag):\n",
         _CONFIRMS + ("tests/test_client.py::test_pipelined_publishes_are_all_confirmed",),
@@ -289,7 +293,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "confirm_single_ack_keeps_in_flight",
-        "puka/machines.py",
+        "puka/protocol/publishing.py",
         "            promise = inflight.pop(tag, None)\n            if promise is None:\n",
         "            promise = inflight.get(tag, None)\n            if promise is None:\n",
         _CONFIRMS,
@@ -298,9 +302,9 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- returns ---------------------------------------------------------------------------------------
     Mutant(
         "return_matched_to_wrong_promise",
-        "puka/machines.py",
-        "        promise = self.promises.get(number) if isinstance(number, int) else None\n",
-        "        promise = self.promises.get(number + 1) if isinstance(number, int) else None\n",
+        "puka/protocol/publishing.py",
+        "        promise = session.table.promises.get(number) if isinstance(number, int) else None\n",
+        "        promise = session.table.promises.get(number + 1) if isinstance(number, int) else None\n",
         _CONFIRMS[:1]
         + (
             "tests/test_client.py::test_return_fails_exactly_the_returned_publish_among_thousands",
@@ -310,7 +314,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "return_not_no_route",
-        "puka/machines.py",
+        "puka/protocol/publishing.py",
         '        cls: Any = spec.ERRORS.get(code, exceptions.AMQPError)\n        exc = cls(message["reply_text"]',
         '        cls: Any = exceptions.AMQPError\n        exc = cls(message["reply_text"]',
         _CONFIRMS[:1]
@@ -323,7 +327,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- consuming -------------------------------------------------------------------------------------
     Mutant(
         "delivery_not_recorded_unacked",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         "            channel.unacked[tag] = message\n",
         "",
         _SETTLING[:2],
@@ -331,15 +335,15 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "prefetch_not_sent",
-        "puka/machines.py",
-        '        qos = M["basic.qos"].encode_args(0, prefetch_count, False)\n        number = self.next_number\n',
-        '        qos = M["basic.qos"].encode_args(0, 0, False)\n        number = self.next_number\n',
+        "puka/protocol/consuming.py",
+        "        qos = _encode_qos(0, prefetch_count, False)\n        number = session.table.next_number\n",
+        "        qos = _encode_qos(0, 0, False)\n        number = session.table.next_number\n",
         ("tests/test_client.py::test_prefetch_limits_unacked_deliveries_and_basic_qos_changes_it",),
         "basic_consume's prefetch_count is not sent (basic.qos 0: unlimited)",
     ),
     Mutant(
         "consume_tags_collide",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         '"puka.%d.%d" % (number, index)',
         '"puka.%d.%d" % (number, 0)',
         (
@@ -350,7 +354,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "consumer_tag_ignored",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         '"tag": item.get("consumer_tag") or "puka.%d.%d" % (number, index),',
         '"tag": "puka.%d.%d" % (number, index),',
         (
@@ -365,7 +369,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- settling --------------------------------------------------------------------------------------
     Mutant(
         "reject_requeue_inverted",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         "                payload = _encode_reject(tag, requeue)\n",
         "                payload = _encode_reject(tag, not requeue)\n",
         _SETTLING,
@@ -373,7 +377,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "nack_requeue_inverted",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         "                payload = _encode_nack(tag, multiple, requeue)\n",
         "                payload = _encode_nack(tag, multiple, not requeue)\n",
         _SETTLING,
@@ -381,7 +385,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "ack_multiple_settles_only_one",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         "        settled = [t for t in unacked if t <= tag] if multiple else [tag]\n",
         "        settled = [tag]\n",
         _SETTLING,
@@ -389,7 +393,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "ack_low_watermark_off_by_one",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         "        while low <= last and low not in unacked:\n",
         "        while low < last and low not in unacked:\n",
         _SETTLING,
@@ -398,7 +402,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- heartbeats ------------------------------------------------------------------------------------
     Mutant(
         "heartbeat_sent_at_full_interval",
-        "puka/connection.py",
+        "puka/transport.py",
         "            if now - self.last_send >= self.heartbeat / 2:\n",
         "            if now - self.last_send >= self.heartbeat:\n",
         _HEARTBEATS + (_REGRESSIONS,),
@@ -412,18 +416,18 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "heartbeat_negotiation_max",
-        "puka/machines.py",
-        "            heartbeat = min(int(self.heartbeat), server_heartbeat)\n",
-        "            heartbeat = max(int(self.heartbeat), server_heartbeat)\n",
+        "puka/protocol/handshake.py",
+        "            heartbeat = min(int(wanted), server_heartbeat)\n",
+        "            heartbeat = max(int(wanted), server_heartbeat)\n",
         _HEARTBEATS[:2],
         "tune-ok takes the larger of the client's and the broker's heartbeat instead of the smaller",
     ),
     # --- flow control ----------------------------------------------------------------------------------
     Mutant(
         "blocked_not_cleared",
-        "puka/machines.py",
-        '        self.blocked = None\n        log.info("connection unblocked")\n',
-        '        log.info("connection unblocked")\n',
+        "puka/protocol/handshake.py",
+        '        self.blocked = None\n        self.session.log.info("connection unblocked")\n',
+        '        self.session.log.info("connection unblocked")\n',
         (*_CONFIRMS, "tests/test_regressions.py::test_connection_unblocked_clears_blocked_and_tells_on_blocked"),
         "connection.unblocked does not clear Client.blocked (test_blocked.py trips the broker's memory alarm: "
         "never selected here)",
@@ -431,10 +435,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "push_back_ignores_socket_buffer",
         "puka/client.py",
-        "        number = session.publish(exchange, routing_key, body, headers, mandatory, callback)\n"
-        "        if self._conn._out_size + session.backlog_bytes > PUBLISH_HIGH_WATER:\n",
-        "        number = session.publish(exchange, routing_key, body, headers, mandatory, callback)\n"
-        "        if session.backlog_bytes > PUBLISH_HIGH_WATER:\n",
+        "        number = publishing.publish(exchange, routing_key, body, headers, mandatory, callback)\n"
+        "        if self._transport.backlog + publishing.backlog_bytes > PUBLISH_HIGH_WATER:\n",
+        "        number = publishing.publish(exchange, routing_key, body, headers, mandatory, callback)\n"
+        "        if publishing.backlog_bytes > PUBLISH_HIGH_WATER:\n",
         _PUSH_BACK,
         "basic_publish's push-back counts only publishes waiting for their channel, not the unsent socket buffer",
     ),
@@ -540,7 +544,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "max_message_size_off_by_one",
-        "puka/machines.py",
+        "puka/protocol/assembler.py",
         "                if body_size > self.max_message_size:\n",
         "                if body_size >= self.max_message_size:\n",
         ("tests/test_malformed.py",),
@@ -548,7 +552,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "channel_max_negotiation_max",
-        "puka/machines.py",
+        "puka/protocol/handshake.py",
         "        self.channel_max = min(server_channel_max, self.wanted_channel_max or 65535)\n",
         "        self.channel_max = max(server_channel_max, self.wanted_channel_max or 65535)\n",
         ("tests/test_urls.py::test_client_uses_channel_and_frame_max_from_the_url",),
@@ -557,25 +561,25 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- channel errors and connection close -------------------------------------------------------------
     Mutant(
         "publish_channel_not_reopened",
-        "puka/machines.py",
-        "            self.fail(promise, exc, dict(method))\n        self._open_publisher(publisher)\n",
-        "            self.fail(promise, exc, dict(method))\n",
+        "puka/protocol/publishing.py",
+        "            session.table.fail(promise, exc, dict(method))\n        self.open(publisher)\n",
+        "            session.table.fail(promise, exc, dict(method))\n",
         _CHANNEL_ERRORS,
         "after the broker closes a publish channel, it is not reopened: later publishes to that exchange hang",
     ),
     Mutant(
         "channel_close_ok_not_sent",
-        "puka/machines.py",
-        '        self.send(method_frame(channel.number, M["channel.close-ok"].encode_args()))\n'
-        "        channel.is_open = False\n        exc = self.error_from_close(method)\n",
-        "        channel.is_open = False\n        exc = self.error_from_close(method)\n",
+        "puka/protocol/channels.py",
+        "        session.send(method_frame(channel.number, _encode_channel_close_ok()))\n"
+        "        channel.state = ChannelState.CLOSED\n        exc = session.error_from_close(method)\n",
+        "        channel.state = ChannelState.CLOSED\n        exc = session.error_from_close(method)\n",
         _CHANNEL_ERRORS,
         "a pooled channel closed by the broker is not answered with channel.close-ok (its number is reused)",
     ),
     Mutant(
         "connection_close_ok_not_sent",
-        "puka/machines.py",
-        '            self.send(method_frame(0, M["connection.close-ok"].encode_args()))\n',
+        "puka/protocol/handshake.py",
+        '            session.send(method_frame(0, M["connection.close-ok"].encode_args()))\n',
         "            pass\n",
         (
             "tests/test_faults.py::test_broker_forced_close_fails_outstanding_promises_with_its_reason",
@@ -589,7 +593,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "get_no_ack_not_sent",
-        "puka/machines.py",
+        "puka/protocol/consuming.py",
         '        payload = M["basic.get"].encode_args(queue, no_ack)\n',
         '        payload = M["basic.get"].encode_args(queue, False)\n',
         (
