@@ -15,6 +15,17 @@ values above 1000 are read as milliseconds), ``channel_max``, ``frame_max``,
 ``server_name_indication``.  Anything else is a ValueError, as is any
 malformed URL: errors surface at construction, not at connect time.
 
+Several hosts (:func:`parse_amqp_urls`): the authority may list hosts
+separated by commas, ``amqp://user:pass@h1:5672,h2:5673,[::1]/vhost``, each
+with its own optional port (default as above); the user, password, vhost and
+options are shared.  Each host is parsed as the one-host URL it stands for, so
+the rules above apply to every one.  A list or tuple of URLs is taken too, each
+parsed on its own (so they may differ in anything).  In a URL with several
+hosts an ``@`` after the host list must be percent-encoded (``%40``): else it
+cannot be told from a password with an unencoded ``/ ? #`` in it.
+:func:`parse_amqp_url` takes one host and names :func:`parse_amqp_urls` when
+given several.
+
 The password never appears in a repr or an error message.
 """
 
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
     from typing import Any
 
 _OPTIONS = {
@@ -87,19 +99,16 @@ class ConnectionParameters:
 
 
 def parse_amqp_url(url: str) -> ConnectionParameters:
-    """Parse an ``amqp://`` or ``amqps://`` URL; ValueError when it is not one.
+    """Parse an ``amqp://`` or ``amqps://`` URL with one host; ValueError when it is not one.
 
-    Error messages never contain the password.
+    Error messages never contain the password.  For several hosts, see
+    :func:`parse_amqp_urls`.
     """
     import urllib.parse
 
-    if not isinstance(url, str):
-        raise TypeError("the AMQP URL must be a str, not %s" % type(url).__name__)
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in ("amqp", "amqps"):
-        raise ValueError("not an AMQP URL (expected amqp:// or amqps://): %s" % _scrub(url))
-    hint = " (characters such as / ? # @ in the user or password must be percent-encoded)"
+    scheme, rest = _split_scheme(url)
+    if _host_list(url, rest) is not None:
+        raise ValueError("the AMQP URL %s names several hosts: parse it with puka.urls.parse_amqp_urls" % _scrub(url))
     # urlsplit knows the netloc rules for any scheme; split a neutral form.
     # The errors are raised outside the except blocks: the original exception,
     # which may quote part of the password, must not even be the __context__.
@@ -110,9 +119,9 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
     except ValueError:
         malformed = True
     if malformed:
-        raise ValueError("malformed host or port in AMQP URL %s%s" % (_scrub(url), hint))
+        raise ValueError("malformed host or port in AMQP URL %s%s" % (_scrub(url), _HINT))
     if parts.fragment:
-        raise ValueError("an AMQP URL has no fragment: %s%s" % (_scrub(url), hint))
+        raise ValueError("an AMQP URL has no fragment: %s%s" % (_scrub(url), _HINT))
     netloc_host = parts.netloc.rpartition("@")[2]
     if netloc_host.startswith("["):
         closing = netloc_host.find("]")
@@ -131,7 +140,7 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
     if path.startswith("/"):
         path = path[1:]
     if "/" in path:
-        raise ValueError("the vhost must be a single path segment (write '/' as %%2f): %s%s" % (_scrub(url), hint))
+        raise ValueError("the vhost must be a single path segment (write '/' as %%2f): %s%s" % (_scrub(url), _HINT))
     vhost = _unquote(path, "vhost") if path else "/"
 
     options: dict[str, Any] = {}
@@ -153,6 +162,85 @@ def parse_amqp_url(url: str) -> ConnectionParameters:
     if options.get("verify", "verify_peer") not in ("verify_peer", "verify_none"):
         raise ValueError("verify must be verify_peer or verify_none")
     return ConnectionParameters(scheme, username, password, host, port, vhost, options)
+
+
+def parse_amqp_urls(url_or_urls: str | Sequence[str]) -> list[ConnectionParameters]:
+    """Parse a URL with one or several hosts, or a list or tuple of such URLs.
+
+    One :class:`ConnectionParameters` per host, in the order given; a
+    ValueError (naming the host at fault) when any of them is malformed, an
+    empty list included.  Error messages never contain the password.
+    """
+    if isinstance(url_or_urls, str):
+        urls: Sequence[str] = (url_or_urls,)
+    elif isinstance(url_or_urls, (list, tuple)):
+        urls = url_or_urls
+        if not urls:
+            raise ValueError("no AMQP URL given: the list of URLs is empty")
+    else:
+        raise TypeError("the AMQP URL must be a str, or a list or tuple of them, not %s" % type(url_or_urls).__name__)
+    result = []
+    for url in urls:
+        split = _host_list(url, _split_scheme(url)[1])
+        if split is None:
+            result.append(parse_amqp_url(url))
+            continue
+        head, hosts, tail = split
+        for number, host in enumerate(hosts, 1):
+            problem = "an empty host (two commas in a row, or a comma at an end)"
+            if host:
+                # Raised after the except block: no exception context, however clean.
+                try:
+                    result.append(parse_amqp_url(head + host + tail))
+                    continue
+                except ValueError as exc:
+                    problem = str(exc)
+            raise ValueError("host %d of %d in the AMQP URL %s: %s" % (number, len(hosts), _scrub(url), problem))
+    return result
+
+
+def redacted_urls(hosts: Iterable[ConnectionParameters]) -> str:
+    """The hosts' URLs without their passwords, for messages ("hosts tried: ...")."""
+    return ", ".join(params.redacted_url() for params in hosts) or "none"
+
+
+_HINT = " (characters such as / ? # @ in the user or password must be percent-encoded)"
+
+
+def _split_scheme(url: str) -> tuple[str, str]:
+    """(scheme, what follows ``://``); TypeError or ValueError when it is no AMQP URL."""
+    if not isinstance(url, str):
+        raise TypeError("the AMQP URL must be a str, not %s" % type(url).__name__)
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("amqp", "amqps"):
+        raise ValueError("not an AMQP URL (expected amqp:// or amqps://): %s" % _scrub(url))
+    return scheme, rest
+
+
+def _host_list(url: str, rest: str) -> tuple[str, list[str], str] | None:
+    """For a URL with several hosts: (``scheme://userinfo@``, the hosts, what follows them); else None.
+
+    The authority ends where urlsplit ends it (the first ``/ ? #``); the hosts
+    follow its last ``@``.  An ``@`` after the authority makes the split
+    ambiguous (an unencoded ``/ ? #`` in the password would cut the authority
+    short), so it is refused rather than guessed, without echoing the password.
+    """
+    end = len(rest)
+    for delimiter in "/?#":
+        found = rest.find(delimiter)
+        if 0 <= found < end:
+            end = found
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if "," not in hosts:
+        return None
+    tail = rest[end:]
+    if "@" in tail:
+        raise ValueError(
+            "an '@' after the host list of the AMQP URL %s: write it %%40 in the vhost or options%s"
+            % (_scrub(url), _HINT)
+        )
+    return url[: len(url) - len(rest)] + userinfo + at, hosts.split(","), tail
 
 
 def check_option(name: str, value: Any) -> None:

@@ -323,3 +323,196 @@ def test_client_uses_channel_and_frame_max_from_the_url(amqp_url):
         assert (client.channel_max, client.frame_max) == (16, 8192)
     finally:
         client.wait(client.close(), timeout=10)
+
+
+# --- several hosts: parse_amqp_urls ----------------------------------------------------------------
+
+parse_amqp_urls = puka.urls.parse_amqp_urls
+redacted_urls = puka.urls.redacted_urls
+
+
+def endpoints(url_or_urls) -> list[tuple[str, int]]:
+    return [(p.host, p.port) for p in parse_amqp_urls(url_or_urls)]
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp:///", "amqp://alice:s3cret@broker.example:5673/prod", "amqps://[::1]/?heartbeat=5", "amqp://h"]
+)
+def test_one_host_gives_what_parse_amqp_url_gives(url):
+    assert parse_amqp_urls(url) == [parse_amqp_url(url)]
+    assert parse_amqp_urls([url]) == parse_amqp_urls((url,)) == [parse_amqp_url(url)]
+
+
+def test_hosts_separated_by_commas_share_everything_but_host_and_port():
+    hosts = parse_amqp_urls("amqp://alice:s%40cret@h1:5673,h2,h3:5674/prod?heartbeat=5&channel_max=64")
+    assert [(p.host, p.port) for p in hosts] == [("h1", 5673), ("h2", 5672), ("h3", 5674)]
+    for p in hosts:
+        assert (p.scheme, p.username, p.password, p.vhost) == ("amqp", "alice", "s@cret", "prod")
+        assert p.options == {"heartbeat": 5.0, "channel_max": 64}
+    hosts[0].options["heartbeat"] = 1.0
+    assert hosts[1].options["heartbeat"] == 5.0  # each host has its own options
+
+
+def test_the_order_of_the_hosts_is_kept():
+    assert endpoints("amqp://c,a,b/") == [("c", 5672), ("a", 5672), ("b", 5672)]
+
+
+def test_amqps_hosts_default_to_5671():
+    assert endpoints("amqps://u:p@h1,h2:5672,h3/") == [("h1", 5671), ("h2", 5672), ("h3", 5671)]
+    assert all(p.tls for p in parse_amqp_urls("AMQPS://h1,h2/"))
+
+
+def test_ipv6_hosts_in_a_list():
+    assert endpoints("amqp://u:p@[::1]:5680,[2001:db8::17],h3:1,[::ffff:127.0.0.1]/v") == [
+        ("::1", 5680),
+        ("2001:db8::17", 5672),
+        ("h3", 1),
+        ("::ffff:127.0.0.1", 5672),
+    ]
+
+
+def test_hosts_without_credentials_or_path():
+    hosts = parse_amqp_urls("amqp://h1,h2")
+    assert [(p.username, p.password, p.host, p.vhost) for p in hosts] == [
+        ("guest", "guest", "h1", "/"),
+        ("guest", "guest", "h2", "/"),
+    ]
+
+
+def test_a_comma_in_the_user_or_password_is_not_a_host_separator():
+    hosts = parse_amqp_urls("amqp://a,b:c,d@h1,h2/")
+    assert [(p.username, p.password, p.host) for p in hosts] == [("a,b", "c,d", "h1"), ("a,b", "c,d", "h2")]
+
+
+def test_a_list_of_urls_is_parsed_url_by_url():
+    hosts = parse_amqp_urls(["amqp://a:pa@h1/v1", "amqps://b:pb@h2,h3:6000/v2?heartbeat=3"])
+    assert [(p.scheme, p.username, p.password, p.host, p.port, p.vhost, p.options) for p in hosts] == [
+        ("amqp", "a", "pa", "h1", 5672, "v1", {}),
+        ("amqps", "b", "pb", "h2", 5671, "v2", {"heartbeat": 3.0}),
+        ("amqps", "b", "pb", "h3", 6000, "v2", {"heartbeat": 3.0}),
+    ]
+    assert parse_amqp_urls(("amqp://h1", "amqp://h2")) == parse_amqp_urls("amqp://h1,h2")
+
+
+def test_parse_amqp_url_refuses_several_hosts_and_names_parse_amqp_urls():
+    with pytest.raises(ValueError, match="several hosts.*parse_amqp_urls"):
+        parse_amqp_url("amqp://u:p@h1:5672,h2:5673/")
+
+
+@pytest.mark.parametrize(
+    "url, match",
+    [
+        ("amqp://h1,,h2/", "host 2 of 3.*empty host"),
+        ("amqp://h1,/", "host 2 of 2.*empty host"),
+        ("amqp://,h1/", "host 1 of 2.*empty host"),
+        ("amqp://h1,h2:abc/", "host 2 of 2.*port"),
+        ("amqp://h1:99999,h2/", "host 1 of 2.*port"),
+        ("amqp://h1,h2:5672:5673/", "host 2 of 2"),
+        ("amqp://h1,[::zz]/", "host 2 of 2"),
+        ("amqp://[::1,h2]/", "host 1 of 2"),
+        ("amqp://h1,[::1]x/", "host 2 of 2.*IPv6"),
+        ("amqp://h1,h2/a/b", "vhost"),
+        ("amqp://h1,h2/v#x", "fragment"),
+        ("amqp://h1,h2/?nope=1", "unknown AMQP URL option"),
+        ("http://h1,h2/", "not an AMQP URL"),
+        ("amqp://h1,h2/v@x", "'@' after the host list"),
+        ("amqp://h1,h2/?cacertfile=/a@b", "'@' after the host list"),
+    ],
+)
+def test_a_bad_host_list_is_a_value_error_naming_what_is_wrong(url, match):
+    with pytest.raises(ValueError, match=match):
+        parse_amqp_urls(url)
+    with pytest.raises(ValueError, match=match):
+        parse_amqp_urls(["amqp://fine/", url])
+
+
+def test_an_at_sign_after_the_host_list_may_be_percent_encoded():
+    assert [p.vhost for p in parse_amqp_urls("amqp://h1,h2/v%40x")] == ["v@x", "v@x"]
+
+
+def test_an_empty_list_is_a_value_error_and_other_types_type_errors():
+    with pytest.raises(ValueError, match="empty"):
+        parse_amqp_urls([])
+    for bad in (b"amqp:///", None, 5, {"amqp:///"}, ["amqp:///", b"amqp:///"]):
+        with pytest.raises(TypeError):
+            parse_amqp_urls(bad)
+
+
+def test_redacted_url_per_host_and_for_a_list():
+    hosts = parse_amqp_urls("amqps://us%40er:pw@[::1]:5673,h2/%2fv")
+    assert [p.redacted_url() for p in hosts] == [
+        "amqps://us%40er:***@[::1]:5673/%2Fv",
+        "amqps://us%40er:***@h2:5671/%2Fv",
+    ]
+    assert redacted_urls(hosts) == "amqps://us%40er:***@[::1]:5673/%2Fv, amqps://us%40er:***@h2:5671/%2Fv"
+    assert redacted_urls([]) == "none"
+    assert parse_amqp_urls([p.redacted_url() for p in hosts])[1].port == 5671
+
+
+#: With the delimiters people forget to encode: ',' '/' '#' and '!'.
+MULTI_PASSWORD = "Zq9!Xk7,Wv2/Jm4#Qp8"
+
+MULTI_BAD_URLS = [
+    "amqp://guest:{pw}@h1,,h2/",
+    "amqp://guest:{pw}@h1,/",
+    "amqp://guest:{pw}@,h1/",
+    "amqp://guest:{pw}@h1,h2:notaport/",
+    "amqp://guest:{pw}@h1:99999,h2/",
+    "amqp://guest:{pw}@h1:5672:5673,h2/",
+    "amqp://guest:{pw}@[::1,h2]/",
+    "amqp://guest:{pw}@h1,[::zz]/",
+    "amqp://guest:{pw}@h1,[::1]x/",
+    "amqp://guest:{pw}@h1,h2/a/b",
+    "amqp://guest:{pw}@h1,h2/v#frag",
+    "amqp://guest:{pw}@h1,h2/?bogus=1",
+    "amqp://guest:{pw}@h1,h2/?heartbeat=often",
+    "amqp://guest:{pw}@h1,h2/v@x",
+    "http://guest:{pw}@h1,h2/",
+    "amqp:guest:{pw}@h1,h2/",
+    "amqp://guest:{pw}%ff@h1,h2/",
+]
+
+
+def assert_password_absent(exc: BaseException | None) -> None:
+    """No 3 characters in a row of the password, nor its encoded form, in the exception or its chain."""
+    if exc is None:
+        return
+    import traceback
+
+    texts = [str(exc), repr(exc), repr(exc.args), "".join(traceback.format_exception(exc))]
+    for text in texts:
+        assert urllib.parse.quote(MULTI_PASSWORD, safe="") not in text
+        for i in range(len(MULTI_PASSWORD) - 2):
+            assert MULTI_PASSWORD[i : i + 3] not in text, "%r leaks in %s" % (MULTI_PASSWORD[i : i + 3], text)
+    assert_password_absent(exc.__cause__)
+    assert_password_absent(exc.__context__)
+
+
+@pytest.mark.parametrize("template", MULTI_BAD_URLS)
+@pytest.mark.parametrize("encoded", [True, False], ids=["encoded", "raw"])
+def test_multi_host_errors_never_show_the_password(template, encoded):
+    url = template.format(pw=urllib.parse.quote(MULTI_PASSWORD, safe="") if encoded else MULTI_PASSWORD)
+    for parse, arg in (
+        (parse_amqp_urls, url),
+        (parse_amqp_urls, [url]),
+        (parse_amqp_urls, ("amqp://fine/", url)),
+        (parse_amqp_url, url),
+    ):
+        with pytest.raises(ValueError) as info:
+            parse(arg)
+        assert_password_absent(info.value)
+
+
+def test_several_hosts_given_to_parse_amqp_url_never_show_the_password():
+    for pw in (urllib.parse.quote(MULTI_PASSWORD, safe=""), MULTI_PASSWORD):
+        with pytest.raises(ValueError) as info:
+            parse_amqp_url("amqp://guest:%s@h1,h2/" % pw)
+        assert_password_absent(info.value)
+
+
+def test_multi_host_reprs_never_show_the_password():
+    hosts = parse_amqp_urls("amqp://guest:%s@h1,[::1]:5673/" % urllib.parse.quote(MULTI_PASSWORD, safe=""))
+    assert [p.password for p in hosts] == [MULTI_PASSWORD] * 2
+    for text in (repr(hosts), redacted_urls(hosts)):
+        for i in range(len(MULTI_PASSWORD) - 2):
+            assert MULTI_PASSWORD[i : i + 3] not in text
