@@ -25,6 +25,7 @@ from .exceptions import (
     PublishNacked,
     UnsupportedProtocol,
 )
+from .recovery import Recovery
 from .spec import ERRORS as _ERRORS
 from .urls import ConnectionParameters, parse_amqp_url
 from .version import __version__ as __version__
@@ -43,6 +44,7 @@ __all__ = [
     "SslConnectionParameters",
     "ConnectionParameters",
     "parse_amqp_url",
+    "Recovery",
     "OPERATIONS",
     "spec",
     "AMQPError",
