@@ -27,7 +27,9 @@ from .exceptions import ConnectionBroken, PromiseFinished
 from .promise import ErrorResult, Kind, PromiseTable
 from .protocol.assembler import MAX_MESSAGE_SIZE
 from .protocol.handshake import Status
-from .urls import check_option, parse_amqp_url
+from .recovery import Recovery
+from .recovery.listener import RecoveryListener
+from .urls import ConnectionParameters, check_option, parse_amqp_urls
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
     from .promise import Callback, Promise
     from .protocol.session import Session
+    from .recovery.recovering import RecoveringCore
 
 #: Seconds to establish a connection (TCP, TLS, AMQP handshake) unless the URL says otherwise.
 DEFAULT_CONNECTION_TIMEOUT = 10.0
@@ -175,6 +178,15 @@ class Client:
         seconds for TCP, TLS and the AMQP handshake together.
     ``max_message_size``
         largest message body accepted from the broker (bytes).
+    ``recovery``
+        True (the default): a lost connection is recovered (see
+        :doc:`/reliability`) with the default :class:`puka.Recovery`; a
+        ``Recovery(...)`` tunes it; False: a lost connection fails every
+        pending promise, as puka 0.0.8 did.
+
+    ``amqp_url`` may name several hosts (``amqp://u:p@h1:5672,h2:5673/vhost``)
+    or be a list of URLs: the client starts at a random one, and the first
+    ``connect()`` tries each once.
     """
 
     def __init__(
@@ -188,38 +200,66 @@ class Client:
         *,
         connection_timeout: float | None = None,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        recovery: bool | Recovery = True,
     ) -> None:
-        params = parse_amqp_url(amqp_url)
+        hosts = parse_amqp_urls(amqp_url)
+        params = hosts[0]
         options = params.options
-        self.params = params
+        policy: Recovery | None
+        if recovery is True:
+            policy = Recovery()
+        elif recovery is False or recovery is None:
+            policy = None
+        elif isinstance(recovery, Recovery):
+            policy = recovery
+        else:
+            raise TypeError("recovery must be True, False or a puka.Recovery, not %r" % (recovery,))
+        self.recovery = policy
         if not heartbeat:
             heartbeat = options.get("heartbeat", 0)
         check_option("heartbeat", heartbeat)
         self.heartbeat = heartbeat
+        #: with recovery, heartbeats are always on: the broker's proposal unless set
+        wanted_heartbeat: float | None = heartbeat if heartbeat or policy is None else None
         if connection_timeout is None:
             connection_timeout = options.get("connection_timeout", DEFAULT_CONNECTION_TIMEOUT)
         check_option("connection_timeout", connection_timeout)
         self.connection_timeout = float(connection_timeout)
-        context = None
-        server_hostname = None
-        if params.tls:
-            context, configured_name = _ssl_context(ssl_parameters, options)
-            server_hostname = options.get("server_name_indication") or configured_name or params.host
+        tls: dict[int, tuple[ssl.SSLContext, str | None]] = {}
+        for host in hosts:
+            if host.tls:
+                context, configured_name = _ssl_context(ssl_parameters, host.options)
+                server_hostname = host.options.get("server_name_indication") or configured_name or host.host
+                tls[id(host)] = (context, server_hostname)
         self._table = table = PromiseTable()
-        self._core = core = Core(
-            params,
-            table,
-            pubacks=pubacks,
-            client_properties=client_properties,
-            heartbeat=heartbeat,
-            ssl_context=context,
-            server_hostname=server_hostname,
-            max_message_size=max_message_size,
-        )
-        # The hot paths' shortcuts (publish, deliver, settle).
-        self._transport = core.transport
-        self._publishing = core.publishing
-        self._consuming = core.consuming
+
+        def make_core(host: ConnectionParameters, gated: bool) -> Core:
+            context, server_hostname = tls.get(id(host), (None, None))
+            return Core(
+                host,
+                table,
+                pubacks=pubacks,
+                client_properties=client_properties,
+                heartbeat=wanted_heartbeat,
+                ssl_context=context,
+                server_hostname=server_hostname,
+                max_message_size=max_message_size,
+                gated=gated,
+            )
+
+        self._core: Core | RecoveringCore
+        if policy is None and len(hosts) == 1:
+            self._core = make_core(params, False)
+        else:
+            from .protocol.session import log
+            from .recovery.recovering import RecoveringCore
+
+            self._core = recovering = RecoveringCore(hosts, table, policy, make_core, self.connection_timeout, log)
+            recovering.listeners.append(_Listener(self))
+        # The hot paths' shortcuts (publish, deliver, settle), renewed when the connection is.
+        self._transport = self._core.transport
+        self._publishing = self._core.publishing
+        self._consuming = self._core.consuming
         self.middleware = list(middleware)
         if instrumentation.CLIENT_MIDDLEWARE_HOOKS:
             self.middleware = instrumentation.middleware_for_new_client(self.middleware)
@@ -229,9 +269,7 @@ class Client:
             from . import tracing as _tracing
 
             self._chain = _tracing.Chain(self, self.middleware)
-            if self._chain.frame_watchers:
-                core.transport.frame_tap = self._chain
-            core.session.on_closed = self._chain.close
+        self._wire_core()
         #: (promise number, delivery tag) -> Delivery, for deliveries awaiting settlement (middleware only)
         self._deliveries: dict[tuple[int, int], Any] = {}
         self._loop_break = False
@@ -239,7 +277,20 @@ class Client:
         self.client_properties = client_properties
 
     def __repr__(self) -> str:
-        return "<puka.Client %s %s>" % (self.params.redacted_url(), self._core.status.value)
+        return "<puka.Client %s %s>" % (self.params.redacted_url(), self._core.describe())
+
+    def _wire_core(self) -> None:
+        """Point the shortcuts and the middleware at the current connection."""
+        core = self._core
+        self.params = core.current.params
+        self._transport = core.transport
+        self._publishing = core.publishing
+        self._consuming = core.consuming
+        chain = self._chain
+        if chain is not None:
+            if chain.frame_watchers:
+                core.transport.frame_tap = chain
+            core.session.on_closed = chain.close
 
     def _check(self) -> Session:
         return self._core.check()
@@ -267,8 +318,7 @@ class Client:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        status = self._core.status
-        if status is Status.OPEN or status.in_handshake:
+        if self._core.active:
             try:
                 self.wait(self.close(), timeout=CLOSE_TIMEOUT + 1)
             except ConnectionBroken:
@@ -749,3 +799,21 @@ class Client:
     ) -> int:
         """Remove a queue binding."""
         return self._call("queue_unbind", (queue, exchange, routing_key, arguments or {}), callback)
+
+
+class _Listener(RecoveryListener):
+    """Hears the recovering core on behalf of a client: renews shortcuts, tells the middleware."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def switched(self) -> None:
+        self.client._wire_core()
+
+    def lost(self, exc: BaseException) -> None:
+        if self.client._chain is not None:
+            self.client._chain.connection_lost(exc)
+
+    def recovered(self, info: dict[str, Any]) -> None:
+        if self.client._chain is not None:
+            self.client._chain.recovered(info)

@@ -25,6 +25,7 @@ from .transport import CLOSED, IDLE, OPEN, Transport
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Callable
     from typing import Any
 
     from .promise import Callback, Promise, PromiseTable
@@ -45,6 +46,7 @@ class Core:
         ssl_context: ssl.SSLContext | None,
         server_hostname: str | None,
         max_message_size: int,
+        gated: bool = False,
     ) -> None:
         options = params.options
         self.params = params
@@ -76,6 +78,7 @@ class Core:
             frame_max=options.get("frame_max", 131072),
             auth_mechanism=options.get("auth_mechanism", "PLAIN"),
             max_message_size=max_message_size,
+            gated=gated,
         )
         self.on_frames = session.on_frames
         self.publishing = session.publishing
@@ -113,6 +116,20 @@ class Core:
     def error(self) -> BaseException | None:
         return self.session.error
 
+    @property
+    def current(self) -> Core:
+        """This connection (a recovering core's ``current`` changes; this one's never does)."""
+        return self
+
+    @property
+    def active(self) -> bool:
+        """A close() has something to close (open, or in the handshake)."""
+        status = self.session.handshake.status
+        return status is Status.OPEN or status.in_handshake
+
+    def describe(self) -> str:
+        return self.session.handshake.status.value
+
     def check(self) -> Session:
         """The session, or the ConnectionBroken an operation must raise now."""
         session = self.session
@@ -120,8 +137,16 @@ class Core:
             raise session.broken_error()
         return session
 
-    def connect(self, callback: Callback | None, timeout: float, where: str) -> Promise:
-        promise = self.session.start(callback)
+    def connect(
+        self,
+        callback: Callback | None,
+        timeout: float,
+        where: str,
+        observer: Callable[[Promise, Any], None] | None = None,
+        promise: Promise | None = None,
+    ) -> Promise:
+        """Open the connection (see Session.start for ``observer`` and ``promise``)."""
+        promise = self.session.start(callback, observer, promise)
         self.transport.set_deadline(
             time.monotonic() + timeout, "connecting to %s timed out after %gs" % (where, timeout)
         )

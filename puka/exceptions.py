@@ -114,6 +114,15 @@ class ConnectionBroken(OSError):
     """
 
 
+class OperationInterrupted(ConnectionBroken):
+    """The connection was lost while an operation that must not run twice was in flight.
+
+    It may or may not have happened on the broker (a queue_purge, a
+    queue_delete, an exchange_delete, a basic_get without acks): recovery does
+    not run it again.  Check, then repeat it if it must happen.
+    """
+
+
 class UnsupportedProtocol(ConnectionBroken):
     """The server answered the protocol header with another AMQP version."""
 

@@ -78,6 +78,8 @@ class Kind(enum.Enum):
     GET = "get"
     #: basic_qos / basic_cancel of a consume
     CONSUME_CONTROL = "consume-control"
+    #: the client's own work (topology replay): resolved through ``observer``, never queued in ``ready``
+    INTERNAL = "internal"
 
 
 class Promise:
@@ -91,6 +93,7 @@ class Promise:
         "results",
         "final",
         "tag",
+        "request",
         "consume",
         "held",
         "observer",
@@ -109,6 +112,8 @@ class Promise:
         self.final = False
         #: delivery tag on the publish channel (publishes only)
         self.tag: int | None = None
+        #: what the operation asks (enough to run it again on another connection)
+        self.request: Any = None
         #: the consume's state (consumers, ack mode...), for Kind.CONSUME only
         self.consume: Any = None
         #: messages of this promise not yet acknowledged (keep the channel)
@@ -158,6 +163,10 @@ class PromiseTable:
         if promise.final:
             return
         promise.final = True
+        if promise.kind is Kind.INTERNAL:
+            self.forget(promise)
+            promise.observer(promise, result)  # type: ignore[misc]
+            return
         if promise.results is None:
             promise.results = [result]
         else:

@@ -176,10 +176,17 @@ class Channels:
 
     # --- the pool -----------------------------------------------------------------------------------
 
-    def acquire(self, promise: Promise, start: Callable[[Promise], None]) -> None:
-        """Run ``start(promise)`` once the promise owns an open channel."""
+    def acquire(self, promise: Promise, start: Callable[[Promise], None], privileged: bool = False) -> None:
+        """Run ``start(promise)`` once the promise owns an open channel.
+
+        Until the connection is open -- or, for all but ``privileged``
+        operations, while the session is gated -- the operation waits.
+        """
         session = self.session
         if not session.is_open:
+            (session.privileged_until_open if privileged else session.pending_until_open).append((promise, start))
+            return
+        if session.gated and not privileged:
             session.pending_until_open.append((promise, start))
             return
         if self.idle:

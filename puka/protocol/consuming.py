@@ -60,10 +60,11 @@ ACK_BATCH = 64
 class ConsumeState:
     """What a consume promise remembers: its consumers, ack mode, what waits for its channel."""
 
-    __slots__ = ("no_ack", "consumers", "by_tag", "cancel_promise", "deferred", "started")
+    __slots__ = ("no_ack", "prefetch", "consumers", "by_tag", "cancel_promise", "deferred", "started")
 
-    def __init__(self, no_ack: bool, consumers: list[dict[str, Any]]) -> None:
+    def __init__(self, no_ack: bool, consumers: list[dict[str, Any]], prefetch: int) -> None:
         self.no_ack = no_ack
+        self.prefetch = prefetch
         self.consumers = consumers
         #: consumer tag -> queue, for telling which queue a delivery came from
         self.by_tag: dict[str, str] = {consumer["tag"]: consumer["queue"] for consumer in consumers}
@@ -79,6 +80,32 @@ class ConsumeState:
         return queue
 
 
+class Get:
+    """What a basic_get asks."""
+
+    __slots__ = ("queue", "no_ack", "sent")
+
+    def __init__(self, queue: str, no_ack: bool) -> None:
+        self.queue = queue
+        self.no_ack = no_ack
+        #: written to a connection (without acks, the message may be gone with it)
+        self.sent = False
+
+    @property
+    def safe_to_repeat(self) -> bool:
+        return not (self.sent and self.no_ack)
+
+
+class Control:
+    """A basic_qos (``prefetch`` set) or basic_cancel (``prefetch`` None) of a consume promise."""
+
+    __slots__ = ("consume", "prefetch")
+
+    def __init__(self, consume: Promise, prefetch: int | None) -> None:
+        self.consume = consume
+        self.prefetch = prefetch
+
+
 class Consuming:
     """Consumers, gets and settlements of one connection.  See the module docstring."""
 
@@ -86,6 +113,9 @@ class Consuming:
         self.session = session
         #: channels with a deferred ack, and who to tell when the first one comes
         self.pending_acks: list[Channel] = []
+        #: asked when a settlement names a message this connection does not hold (a
+        #: message of an earlier connection, after a recovery): True when it dealt with it
+        self.on_unknown_settlement: Callable[[Promise | None, Any, bool], bool] | None = None
 
     # --- consume --------------------------------------------------------------------------------------
 
@@ -98,7 +128,7 @@ class Consuming:
     ) -> int:
         """basic.qos then basic.consume for each queue; every delivery is a result."""
         session = self.session
-        qos = _encode_qos(0, prefetch_count, False)
+        _encode_qos(0, prefetch_count, False)  # bad arguments raise here, before anything is sent
         number = session.table.next_number
         consumers = []
         for index, item in enumerate(queues):
@@ -113,16 +143,31 @@ class Consuming:
             _consume_payload(consumer, no_ack)  # bad arguments raise here, before anything is sent
             consumers.append(consumer)
         promise = session.new_promise(callback, Kind.CONSUME)
-        state = promise.consume = ConsumeState(no_ack, consumers)
+        promise.consume = ConsumeState(no_ack, consumers, prefetch_count)
+        self.start_consume(promise)
+        return promise.number
+
+    def start_consume(
+        self, promise: Promise, privileged: bool = False, on_started: Callable[[], None] | None = None
+    ) -> None:
+        """Start (or, after a recovery, restart) a consume promise's consumers on a channel.
+
+        ``on_started`` is called once the last basic.consume-ok arrived.
+        """
+        session = self.session
+        state: ConsumeState = promise.consume
+        state.started = False
+        state.deferred = []
 
         def start(promise: Promise) -> None:
             channel = promise.channel
             channel.handlers[BASIC_DELIVER] = self.on_deliver
             channel.handlers[BASIC_CANCEL] = self.on_server_cancel
-            session.send(method_frame(channel.number, qos))
+            session.send(method_frame(channel.number, _encode_qos(0, state.prefetch, False)))
             channel.expect((BASIC_QOS_OK,), _ignore)
+            consumers = state.consumers
             for i, consumer in enumerate(consumers):
-                session.send(method_frame(channel.number, _consume_payload(consumer, no_ack)))
+                session.send(method_frame(channel.number, _consume_payload(consumer, state.no_ack)))
                 channel.expect((BASIC_CONSUME_OK,), started if i == len(consumers) - 1 else _ignore)
 
         def started(channel: Channel, _reply: Any) -> None:
@@ -132,9 +177,10 @@ class Consuming:
             deferred, state.deferred = state.deferred, []
             for action in deferred:
                 action(channel)
+            if on_started is not None:
+                on_started()
 
-        session.channels.acquire(promise, start)
-        return promise.number
+        session.channels.acquire(promise, start, privileged)
 
     def on_deliver(self, channel: Channel, message: Any) -> None:
         promise = channel.promise
@@ -209,9 +255,24 @@ class Consuming:
         """
         session = self.session
         consume = self.consume_promise(consume_number, "basic_qos")
-        payload = _encode_qos(0, prefetch_count, False)
+        _encode_qos(0, prefetch_count, False)  # bad arguments raise here, before anything is sent
         promise = session.new_promise(callback, Kind.CONSUME_CONTROL)
-        state = consume.consume
+        promise.request = Control(consume, prefetch_count)
+        self.start_control(promise)
+        return promise.number
+
+    def start_control(self, promise: Promise) -> None:
+        """Run a basic_qos or basic_cancel (new, or carried over from a lost connection)."""
+        control: Control = promise.request
+        if control.prefetch is None:
+            self._start_cancel(promise, control.consume)
+        else:
+            self._start_qos(promise, control.consume, control.prefetch)
+
+    def _start_qos(self, promise: Promise, consume: Promise, prefetch_count: int) -> None:
+        session = self.session
+        state: ConsumeState = consume.consume
+        payload = _encode_qos(0, prefetch_count, False)
 
         def switch(channel: Channel) -> None:
             if consume.final:
@@ -229,20 +290,26 @@ class Consuming:
             def answered(channel: Channel, reply: Any) -> None:
                 remaining[0] -= 1
                 if not remaining[0]:
+                    state.prefetch = prefetch_count
                     session.table.resolve(promise, Result(prefetch_count=prefetch_count))
 
             for reply in replies:
                 channel.expect((reply,), answered)
 
         self._on_consume_channel(consume, switch)
-        return promise.number
 
     def cancel(self, consume_number: int, callback: Callback | None) -> int:
         """basic.cancel every consumer of a consume promise; the consume promise then ends."""
         session = self.session
         consume = self.consume_promise(consume_number, "basic_cancel")
-        state = consume.consume
         promise = session.new_promise(callback, Kind.CONSUME_CONTROL)
+        promise.request = Control(consume, None)
+        self.start_control(promise)
+        return promise.number
+
+    def _start_cancel(self, promise: Promise, consume: Promise) -> None:
+        session = self.session
+        state: ConsumeState = consume.consume
         state.cancel_promise = promise
         table = session.table
 
@@ -264,18 +331,28 @@ class Consuming:
             table.resolve(promise, Result())
         else:
             self._on_consume_channel(consume, send_cancels)
-        return promise.number
 
     # --- get ------------------------------------------------------------------------------------------
 
     def get(self, queue: str, no_ack: bool, callback: Callback | None) -> int:
         """basic.get: a message (held for its ack) or a result with ``empty`` True."""
         session = self.session
-        payload = M["basic.get"].encode_args(queue, no_ack)
+        M["basic.get"].encode_args(queue, no_ack)  # bad arguments raise here, before anything is sent
         promise = session.new_promise(callback, Kind.GET)
+        promise.request = Get(queue, no_ack)
+        self.start_get(promise)
+        return promise.number
+
+    def start_get(self, promise: Promise) -> None:
+        """Run a basic_get (new, or carried over from a lost connection)."""
+        session = self.session
+        get: Get = promise.request
+        queue, no_ack = get.queue, get.no_ack
+        payload = M["basic.get"].encode_args(queue, no_ack)
 
         def start(promise: Promise) -> None:
             channel = promise.channel
+            get.sent = True
             session.send(method_frame(channel.number, payload))
             channel.expect((BASIC_GET_OK, BASIC_GET_EMPTY), got)
 
@@ -294,7 +371,6 @@ class Consuming:
             session.table.resolve(promise, reply)
 
         session.channels.acquire(promise, start)
-        return promise.number
 
     # --- settling -------------------------------------------------------------------------------------
 
@@ -322,6 +398,8 @@ class Consuming:
         promise = session.table.promises.get(number)
         channel = promise.channel if promise is not None else None
         if channel is None or channel.unacked.get(tag) is not message:
+            if self.on_unknown_settlement is not None and self.on_unknown_settlement(promise, message, multiple):
+                return
             raise ValueError(
                 "basic_%s: message (delivery tag %r) is not awaiting an acknowledgement from this client: "
                 "already settled, consumed with no_ack, from a channel that closed, or from another client"

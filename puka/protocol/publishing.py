@@ -68,6 +68,7 @@ class Publisher:
     __slots__ = (
         "exchange",
         "channel",
+        "opened",
         "ready",
         "tag",
         "low",
@@ -83,6 +84,8 @@ class Publisher:
         self.channel = channel
         channel.publisher = self
         #: confirm.select-ok (or channel.open-ok without confirms) received
+        self.opened = False
+        #: opened, and publishes go straight out (not while a recovery replays its topology)
         self.ready = False
         #: next delivery tag, and the lowest that may still be in flight
         self.tag = 1
@@ -110,6 +113,10 @@ class Publishing:
         self.publishers: dict[str, Publisher] = {"": Publisher("", Channel(PUBLISH_CHANNEL))}
         #: body bytes of publishes waiting for their channel (counted for push-back)
         self.backlog_bytes = 0
+        #: keep what each publish needs to be sent again on another connection (``promise.request``)
+        self.keep_for_resend = False
+        #: server-named queues renamed by a recovery: old name -> new (default-exchange routing keys follow)
+        self.renamed: dict[str, str] = {}
 
     # --- channels -----------------------------------------------------------------------------------
 
@@ -158,6 +165,18 @@ class Publishing:
         publisher = channel.publisher
         publisher.tag = 1
         publisher.low = 1
+        publisher.opened = True
+        if self.session.gated:
+            return  # publishes wait until release() (a recovery replays its topology first)
+        self._flush_backlog(publisher)
+
+    def release(self) -> None:
+        """The session's gate opened: every open publish channel sends what waited."""
+        for publisher in self.publishers.values():
+            if publisher.opened and not publisher.ready:
+                self._flush_backlog(publisher)
+
+    def _flush_backlog(self, publisher: Publisher) -> None:
         publisher.ready = True
         backlog = publisher.backlog
         while backlog and publisher.ready:
@@ -187,6 +206,8 @@ class Publishing:
             body = _as_body(body)
         table = session.table
         number = table.next_number
+        if self.renamed and not exchange:
+            routing_key = self.renamed.get(routing_key, routing_key)
         pubacks = session.handshake.pubacks_in_use
         if headers or mandatory or not pubacks:
             properties = self._encode_properties(headers, number, mandatory, pubacks)
@@ -203,6 +224,8 @@ class Publishing:
         table.next_number = number + 1
         promise = Promise(number, callback, Kind.PUBLISH)
         table.promises[number] = promise
+        if self.keep_for_resend:
+            promise.request = (exchange, routing_key, mandatory, properties, body)
         if publisher.ready:
             self._send(publisher, promise, method_payload, properties, body)
         else:
@@ -210,6 +233,36 @@ class Publishing:
             publisher.backlog_bytes += len(body)
             self.backlog_bytes += len(body)
         return number
+
+    def resend(self, promise: Promise) -> None:
+        """Send a publish again (it was unconfirmed when an earlier connection was lost)."""
+        exchange, routing_key, mandatory, properties, body = promise.request
+        if not exchange and routing_key in self.renamed:
+            routing_key = self.renamed[routing_key]
+            promise.request = (exchange, routing_key, mandatory, properties, body)
+        publisher = self.publishers.get(exchange) or self.publisher(exchange)
+        method_payload = _encode_publish(exchange, routing_key, mandatory, False)
+        promise.tag = None
+        if publisher.ready:
+            self._send(publisher, promise, method_payload, properties, body)
+        else:
+            publisher.backlog.append((promise, method_payload, properties, body))
+            publisher.backlog_bytes += len(body)
+            self.backlog_bytes += len(body)
+
+    def rename(self, old: str, new: str) -> None:
+        """A server-named queue got a new name: publishes to it through the default exchange follow."""
+        self.renamed[old] = new
+        publisher = self.publishers[""]
+        payloads = {_encode_publish("", old, mandatory, False): mandatory for mandatory in (False, True)}
+        backlog = publisher.backlog
+        for index, (promise, method_payload, properties, body) in enumerate(backlog):
+            mandatory = payloads.get(method_payload)
+            if mandatory is not None:
+                backlog[index] = (promise, _encode_publish("", new, mandatory, False), properties, body)
+                if promise.request is not None:
+                    promise.request = ("", new, mandatory, properties, body)
+        publisher.methods.clear()
 
     @staticmethod
     def _encode_properties(headers: dict[str, Any] | None, number: int, mandatory: bool, pubacks: bool) -> bytes:
@@ -362,7 +415,7 @@ class Publishing:
         session.log.warning("publish channel of exchange %r closed by the broker: %s", publisher.exchange, exc)
         session.send(method_frame(channel.number, M["channel.close-ok"].encode_args()))
         channel.state = ChannelState.CLOSED
-        publisher.ready = False
+        publisher.ready = publisher.opened = False
         inflight, publisher.inflight = publisher.inflight, {}
         publisher.returned.clear()
         for promise in inflight.values():
@@ -375,7 +428,7 @@ class Publishing:
             publisher.inflight.clear()
             publisher.backlog.clear()
             publisher.backlog_bytes = 0
-            publisher.ready = False
+            publisher.ready = publisher.opened = False
         self.backlog_bytes = 0
 
 

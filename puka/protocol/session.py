@@ -64,6 +64,30 @@ class _LazyLogger:
 
 log: Any = _LazyLogger()
 
+#: Synchronous methods that may safely run twice (a second run changes nothing).
+IDEMPOTENT = frozenset(
+    ("exchange.declare", "exchange.bind", "exchange.unbind", "queue.declare", "queue.bind", "queue.unbind")
+)
+
+
+class Call:
+    """What a short operation asks: the method, its encoded arguments, the replies that answer it."""
+
+    __slots__ = ("method", "args", "payload", "reply_ids", "sent")
+
+    def __init__(self, method: type[spec.Method], args: tuple[Any, ...], reply_ids: tuple[int, ...]) -> None:
+        self.method = method
+        self.args = args
+        self.payload = method.encode_args(*args)  # bad arguments raise here, before anything is sent
+        self.reply_ids = reply_ids
+        #: written to a connection (it may have run on the broker)
+        self.sent = False
+
+    @property
+    def safe_to_repeat(self) -> bool:
+        """Running it again after a lost connection cannot do harm (never sent, or idempotent)."""
+        return not self.sent or self.method.name in IDEMPOTENT
+
 
 class Session:
     """The protocol core of one connection.  See the module docstring."""
@@ -85,6 +109,7 @@ class Session:
         frame_max: int = FRAME_MAX,
         auth_mechanism: str = "PLAIN",
         max_message_size: int = MAX_MESSAGE_SIZE,
+        gated: bool = False,
     ) -> None:
         self.port = port
         self.send = port.send
@@ -95,8 +120,18 @@ class Session:
         self.connect_promise: Promise | None = None
         self.close_promise: Promise | None = None
         self.pending_until_open: list[tuple[Promise, Callable[[Promise], None]]] = []
+        #: operations of the layer above that pass the gate (see ``gated``), waiting for the connection
+        self.privileged_until_open: list[tuple[Promise, Callable[[Promise], None]]] = []
+        #: True: once open, only privileged operations run (a recovery replays its topology
+        #: first); the rest waits for release_gate()
+        self.gated = gated
         #: called once, after every promise failed, when the connection is gone
         self.on_closed: Callable[[], None] | None = None
+        #: the layer above may take the unfinished promises over when the connection goes
+        #: (returns True when it did: they are then not failed here)
+        self.takeover: Callable[[BaseException], bool] | None = None
+        #: called with (promise, result) when a short operation finishes (topology recording)
+        self.call_observer: Callable[[Promise, Any], None] | None = None
 
         self.channels = Channels(self, channel_max)
         self.handshake = Handshake(
@@ -148,9 +183,26 @@ class Session:
 
     # --- starting and closing -------------------------------------------------------------------------
 
-    def start(self, callback: Callback | None = None) -> Promise:
-        """Begin the handshake: sends the protocol header."""
-        promise = self.new_promise(callback, Kind.CONNECT)
+    def start(
+        self,
+        callback: Callback | None = None,
+        observer: Callable[[Promise, Any], None] | None = None,
+        promise: Promise | None = None,
+    ) -> Promise:
+        """Begin the handshake: sends the protocol header.
+
+        With ``observer``, the connect promise is internal (a recovery's): it is
+        resolved through the observer and never seen by the application.  With
+        ``promise``, an existing connect promise (the first connect moving on to
+        the next host) is resolved instead of a new one.
+        """
+        if promise is not None:
+            pass
+        elif observer is None:
+            promise = self.new_promise(callback, Kind.CONNECT)
+        else:
+            promise = self.new_promise(None, Kind.INTERNAL)
+            promise.observer = observer
         self.connect_promise = promise
         self.handshake.begin(self.channels.by_number[0])
         return promise
@@ -158,6 +210,21 @@ class Session:
     def on_open(self) -> None:
         """The handshake is done: open the publish channels, start what waited."""
         self.publishing.open_all()
+        privileged, self.privileged_until_open = self.privileged_until_open, []
+        for promise, start in privileged:
+            if not promise.final:
+                self.channels.acquire(promise, start, privileged=True)
+        if not self.gated:
+            self._start_pending()
+
+    def release_gate(self) -> None:
+        """Let the application's operations run (after a recovery's replay)."""
+        self.gated = False
+        if self.is_open:
+            self.publishing.release()
+            self._start_pending()
+
+    def _start_pending(self) -> None:
         pending, self.pending_until_open = self.pending_until_open, []
         for promise, start in pending:
             if not promise.final:
@@ -220,13 +287,16 @@ class Session:
         if self.connect_promise is not None and not self.connect_promise.final:
             exc = self._explain_handshake_failure(exc)
             self.error = exc
-        for promise in table.unfinished():
-            table.fail(promise, exc)
+        taken = not was_closing and self.takeover is not None and self.takeover(exc)
+        if not taken:
+            for promise in table.unfinished():
+                table.fail(promise, exc)
         self.publishing.connection_lost()
         self.consuming.pending_acks = []
         self.pending_until_open.clear()
+        self.privileged_until_open.clear()
         self.channels.clear()
-        if self.on_closed is not None:
+        if not taken and self.on_closed is not None:
             self.on_closed()
 
     def _explain_handshake_failure(self, exc: BaseException) -> BaseException:
@@ -242,14 +312,39 @@ class Session:
         self, request: type[spec.Method], reply_ids: tuple[int, ...], args: tuple[Any, ...], callback: Callback | None
     ) -> int:
         """A synchronous method on a pooled channel; the reply is the result."""
-        payload = request.encode_args(*args)  # bad arguments raise here, before anything is sent
+        call = Call(request, args, reply_ids)
         promise = self.new_promise(callback, Kind.CALL)
+        promise.request = call
+        if self.call_observer is not None:
+            promise.observer = self.call_observer
+        self.start_call(promise)
+        return promise.number
+
+    def start_call(self, promise: Promise, privileged: bool = False) -> None:
+        """Run a short operation's promise (new, or carried over from a lost connection)."""
+        call: Call = promise.request
         resolve = self.table.resolve
 
         def start(promise: Promise) -> None:
             channel = promise.channel
-            self.send(method_frame(channel.number, payload))
-            channel.expect(reply_ids, lambda channel, reply: resolve(promise, reply))
+            call.sent = True
+            self.send(method_frame(channel.number, call.payload))
+            channel.expect(call.reply_ids, lambda channel, reply: resolve(promise, reply))
 
-        self.channels.acquire(promise, start)
-        return promise.number
+        self.channels.acquire(promise, start, privileged)
+
+    def submit(self, promise: Promise, privileged: bool = False) -> None:
+        """Run an existing promise's operation on this connection (after a recovery)."""
+        kind = promise.kind
+        if kind is Kind.CALL or kind is Kind.INTERNAL:
+            self.start_call(promise, privileged)
+        elif kind is Kind.PUBLISH:
+            self.publishing.resend(promise)
+        elif kind is Kind.CONSUME:
+            self.consuming.start_consume(promise, privileged)
+        elif kind is Kind.GET:
+            self.consuming.start_get(promise)
+        elif kind is Kind.CONSUME_CONTROL:
+            self.consuming.start_control(promise)
+        else:
+            raise ValueError("%r cannot run again" % (promise,))

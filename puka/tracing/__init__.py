@@ -207,7 +207,15 @@ class Middleware:
         """A frame went out or came in (only called for middleware that overrides this)."""
 
     def on_close(self, client: Any) -> None:
-        """The client is closing (or its connection is gone)."""
+        """The client is closing (or its connection is gone for good)."""
+
+    def on_connection_lost(self, client: Any, exc: BaseException) -> None:
+        """The connection was lost and recovery begins (promises stay pending)."""
+
+    def on_recovered(self, client: Any, info: dict[str, Any]) -> None:
+        """Recovery is complete.  ``info``: ``host`` (redacted URL), ``outage_seconds``,
+        ``attempts``, ``republished`` (publishes sent again), ``renamed`` (server-named
+        queues, old name -> new)."""
 
 
 def _overrides(middleware: Middleware, name: str) -> bool:
@@ -235,6 +243,7 @@ class Chain:
         self.settlers = overriding("on_settle")
         self.getters = overriding("on_get", "on_get_done")
         self.frame_watchers = overriding("on_frame")
+        self.recovery_watchers = overriding("on_connection_lost", "on_recovered")
         self.closed = False
         self._out_reader = FrameReader(frame_max=0)
         for mw in self.middleware:
@@ -290,6 +299,14 @@ class Chain:
     def get(self, get: GetOperation) -> None:
         for mw in self.getters:
             self._call(mw.on_get, get)
+
+    def connection_lost(self, exc: BaseException) -> None:
+        for mw in self.recovery_watchers:
+            self._call(mw.on_connection_lost, self.client, exc)
+
+    def recovered(self, info: dict[str, Any]) -> None:
+        for mw in self.recovery_watchers:
+            self._call(mw.on_recovered, self.client, info)
 
     def get_done(self, get: GetOperation, result: Any) -> None:
         for mw in self.getters:
