@@ -33,7 +33,6 @@ so it is the parent of the publish span.  For example::
 from __future__ import annotations
 
 import asyncio
-import time
 
 from . import client as _client
 from .exceptions import ConnectionBroken, PromiseFinished
@@ -60,6 +59,16 @@ class Client(_client.Client):
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
         self._transport.wakeup = self._wakeup
+
+    def _wire_core(self) -> None:
+        """A recovery made another connection current: watch its socket instead."""
+        super()._wire_core()
+        if not hasattr(self, "_waiters"):
+            return  # still in __init__
+        self._transport.wakeup = self._wakeup
+        if self._loop is not None:
+            self._detach()
+            self._attach_socket()
 
     # --- attaching to the loop ---------------------------------------------------------------
 
@@ -97,14 +106,19 @@ class Client(_client.Client):
         self._core.drop()
 
     def _attach(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
+        self._attach_socket()
+
+    def _attach_socket(self) -> None:
+        loop = self._loop
+        assert loop is not None
         if self._transport.state is CLOSED:
             loop.call_soon(self._dispatch)
             return
-        self._fd = self._transport.fileno()
-        loop.add_reader(self._fd, self._on_readable)
-        self._update_writer()
+        if self._transport.sock is not None:
+            self._fd = self._transport.fileno()
+            loop.add_reader(self._fd, self._on_readable)
+            self._update_writer()
         self._schedule_timer()
 
     def _detach(self) -> None:
@@ -141,16 +155,14 @@ class Client(_client.Client):
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._transport.check_timers(time.monotonic())
         self._after_io()
 
     def _after_io(self) -> None:
-        if self._transport.state is CLOSED:
+        if self._transport.state is CLOSED and self._core.error is not None:
             self._detach()
         else:
             self._update_writer()
-            if self._timer is None:
-                self._schedule_timer()
+            self._schedule_timer()
         self._dispatch()
 
     def _update_writer(self) -> None:
@@ -165,11 +177,20 @@ class Client(_client.Client):
             self._writing = False
 
     def _schedule_timer(self) -> None:
-        if self._loop is None:
+        """Run the timers that are due; arm the loop for the next (heartbeats, deadlines, recovery)."""
+        loop = self._loop
+        if loop is None:
             return
-        delay = self._transport.next_timer(time.monotonic())
-        if delay is not None:
-            self._timer = self._loop.call_later(max(delay, 0.001), self._on_timer)
+        delay = self._core.on_timer()
+        if delay is None:
+            return
+        when = loop.time() + max(delay, 0.001)
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when + 0.001:
+                return
+            timer.cancel()
+        self._timer = loop.call_later(max(delay, 0.001), self._on_timer)
 
     def _dispatch(self) -> None:
         """Hand results over: callbacks run, awaiting futures resolve, the rest waits."""
