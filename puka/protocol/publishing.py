@@ -97,8 +97,8 @@ class Publisher:
         #: publishes made before the channel is ready: (promise, method, properties, body)
         self.backlog: deque[tuple[Promise, bytes, bytes, Any]] = deque()
         self.backlog_bytes = 0
-        #: (routing key, mandatory) -> encoded basic.publish
-        self.methods: dict[tuple[str, bool], bytes] = {}
+        #: (exchange, routing key, mandatory) -> encoded basic.publish (past MAX_PUBLISHERS, exchanges share one)
+        self.methods: dict[tuple[str, str, bool], bytes] = {}
 
     def __repr__(self) -> str:
         return "<Publisher %r on channel %d, %d in flight>" % (self.exchange, self.channel.number, len(self.inflight))
@@ -214,7 +214,7 @@ class Publishing:
         else:
             properties = _EMPTY_PROPERTIES
         publisher = self.publishers.get(exchange) or self.publisher(exchange)
-        key = (routing_key, mandatory)
+        key = (exchange, routing_key, mandatory)
         method_payload = publisher.methods.get(key)
         if method_payload is None:
             method_payload = _encode_publish(exchange, routing_key, mandatory, False)

@@ -393,6 +393,13 @@ class OpenTelemetryMiddleware(Middleware):
             unit="{message}",
             description="Number of messages that were delivered to the application.",
         )
+        self._recoveries = meter.create_counter(
+            "puka.client.recoveries",
+            unit="{recovery}",
+            description="Connections lost and recovered by the client.",
+        )
+        #: id(client) -> (span of the recovery in progress, start time)
+        self._recovering: dict[int, Any] = {}
         self._publish_destinations: dict[tuple[Any, ...], _Destination] = {}
         self._consume_destinations: dict[tuple[Any, ...], _Destination] = {}
         self._fields: tuple[Any, frozenset[str]] = (None, frozenset())
@@ -796,10 +803,54 @@ class OpenTelemetryMiddleware(Middleware):
             span.end(end)
         self._operation_duration.record((end - operation.start) / 1e9, duration_attributes)
 
+    # --- recovery ----------------------------------------------------------------------------------
+
+    def on_connection_lost(self, client: Any, exc: BaseException) -> None:
+        """A span covers each outage, from the loss to the recovery (or to the end)."""
+        tracing, _metering = self._enabled()
+        if not tracing:
+            return
+        previous = self._recovering.pop(id(client), None)
+        if previous is not None:
+            previous.end()
+        span = self._tracer.start_span(
+            "puka recovery",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "server.address": client.params.host,
+                "server.port": client.params.port,
+                "error.type": type(exc).__qualname__,
+            },
+        )
+        self._recovering[id(client)] = span
+
+    def on_recovered(self, client: Any, info: dict[str, Any]) -> None:
+        span = self._recovering.pop(id(client), None)
+        attributes = {"server.address": client.params.host, "server.port": client.params.port}
+        if span is not None:
+            span.set_attributes(
+                {
+                    **attributes,
+                    "puka.recovery.outage_seconds": info["outage_seconds"],
+                    "puka.recovery.attempts": info["attempts"],
+                    "puka.recovery.republished": info["republished"],
+                    "puka.recovery.renamed_queues": len(info["renamed"]),
+                }
+            )
+            span.end()
+        _tracing, metering = self._enabled()
+        if metering:
+            self._recoveries.add(1, attributes)
+
     # --- close -------------------------------------------------------------------------------------
 
     def on_close(self, client: Any) -> None:
         """End the process spans of messages still waiting for settlement (or the next delivery)."""
+        outage = self._recovering.pop(id(client), None)
+        if outage is not None:
+            outage.set_status(Status(StatusCode.ERROR, "not recovered"))
+            outage.end()
         open_ = self._open.pop(id(client), None)
         if open_:
             for operation in list(open_.values()):
