@@ -264,8 +264,9 @@ class Handshake:
             # Both sides closed at once: the broker's reason wins for the rest.
             session.table.resolve(close, Result())
         session.log.warning("connection closed by the broker: %s", exc)
-        session.port.close_transport(ConnectionBroken("connection closed by the broker: %s" % exc), True)
+        # The broker's reason first: writing close-ok may fail (the broker may not wait for it).
         session.on_broken(exc)
+        session.port.close_transport(ConnectionBroken("connection closed by the broker: %s" % exc), True)
 
     def on_close_ok(self, method: Any) -> None:
         session = self.session
