@@ -137,9 +137,11 @@ class RecoveringCore:
         self.handshake = core.handshake
         session = core.session
         session.takeover = self._on_lost
+        # Until the first connection opens, nothing was sent: everything can move to the next host.
+        first = self.state is RecoveryState.CONNECTING
+        core.publishing.keep_for_resend = first or (self.recovery is not None and self.recovery.republish)
         if self.recovery is not None:
             session.call_observer = self._on_call_done
-            core.publishing.keep_for_resend = self.recovery.republish
             core.publishing.renamed = self.renamed
             core.consuming.on_unknown_settlement = self._on_unknown_settlement
         for listener in self.listeners:
@@ -182,6 +184,8 @@ class RecoveringCore:
         if not result.is_error:
             self.state = RecoveryState.OPEN
             self.rotation.connected(self.host)
+            recovery = self.recovery
+            self.current.publishing.keep_for_resend = recovery is not None and recovery.republish
 
     def close(self, callback: Callback | None, timeout: float) -> Promise:
         self.closing = True
@@ -248,8 +252,8 @@ class RecoveringCore:
         if due is not None and (timeout is None or due < timeout):
             timeout = due
         if self.state is RecoveryState.CLOSED and self.error is not None:
-            raise self.check()  # type: ignore[misc]
-        if self._attempt_at is not None or self.current.transport.sock is None:
+            self.check()  # raises the error that ended the client
+        if self._attempt_at is not None:
             # Waiting between attempts: nothing to read or write.
             if timeout is None:
                 timeout = 1.0
@@ -302,12 +306,14 @@ class RecoveringCore:
         self._last_error = exc
         if state is RecoveryState.CONNECTING:
             if not self._first_round or not isinstance(exc, ConnectionBroken):
+                self.state = RecoveryState.CLOSED
                 return False
             self.host = self._first_round.pop(0)
             self._carry(gated=False)
             self._attempt_at = time.monotonic()
             return True
         if self.recovery is None or not self._recoverable(exc):
+            self.state = RecoveryState.CLOSED
             return False
         now = time.monotonic()
         if state is RecoveryState.OPEN:
@@ -366,10 +372,7 @@ class RecoveringCore:
                 continue
             kind = promise.kind
             if kind is Kind.INTERNAL:
-                if promise is self.session.connect_promise:
-                    table.forget(promise)
-                else:
-                    table.forget(promise)
+                table.forget(promise)  # the recovery's own work: redone from the start
             elif kind is Kind.CONNECT:
                 connect = promise
             elif kind is Kind.CALL or kind is Kind.GET:
@@ -387,20 +390,28 @@ class RecoveringCore:
             elif kind is Kind.CONSUME:
                 consumes.append(promise)
             elif kind is Kind.PUBLISH:
-                if recovery is not None and recovery.republish and promise.request is not None:
+                republish = not gated or (recovery is not None and recovery.republish)
+                if republish and promise.request is not None:
                     publishes.append(promise)
                 else:
                     lost = ConnectionBroken("connection lost before the broker confirmed: %s" % interrupted)
                     table.fail(promise, lost)
+        self._timers.clear()
         core = self._install(self.make_core(self.host, gated))
         session = core.session
         if connect is not None:
             self._connect_promise = connect
         for promise in carried:
             session.submit(promise)
+        if not gated:
+            # The first connect moving to the next host: consumes were never started.
+            for promise in consumes:
+                session.submit(promise)
+            consumes = []
         for promise in publishes:
             core.publishing.resend(promise)
-        self._republished += len(publishes)
+        if gated:
+            self._republished += len(publishes)
         self._restoring = consumes
 
     def _give_up(self, spent: float) -> None:
