@@ -98,7 +98,11 @@ class Promise:
         "held",
         "observer",
         "traced",
+        "properties",
+        "body",
     )
+    properties: bytes
+    body: Any
 
     def __init__(self, number: int, callback: Callback | None = None, kind: Kind = Kind.CALL) -> None:
         self.number = number
@@ -122,6 +126,8 @@ class Promise:
         self.observer: Callable[[Promise, Any], None] | None = None
         #: what the middleware chain keeps about it (an OutgoingPublish, a GetOperation)
         self.traced: Any = None
+        # ``properties`` and ``body`` (encoded properties, body) are set only on publishes kept
+        # for sending again after a recovery (their ``request`` is (exchange, routing key, mandatory)).
 
     def __repr__(self) -> str:
         return "<Promise %d %s%s%s>" % (

@@ -229,6 +229,7 @@ class Handshake:
             heartbeat = 1
         self.heartbeat = heartbeat
         session.send(method_frame(0, M["connection.tune-ok"].encode_args(self.channel_max, self.frame_max, heartbeat)))
+        session.publishing.configure(self.pubacks_in_use, self.frame_max)
         port = session.port
         port.set_frame_max(self.frame_max)
         if heartbeat:

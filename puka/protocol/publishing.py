@@ -52,6 +52,7 @@ BASIC_NACK = M["basic.nack"].method_id
 _encode_publish = M["basic.publish"].encode_args
 _encode_properties = spec.PROPERTIES[60].encode
 _EMPTY_PROPERTIES = _encode_properties({})
+_PUBLISH = Kind.PUBLISH
 
 #: Exchanges with a publish channel of their own; beyond, they share the default exchange's.
 MAX_PUBLISHERS = 128
@@ -109,6 +110,12 @@ class Publishing:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.table = session.table
+        self.send = session.send
+        self.send_many = session.send_many
+        #: what the handshake agreed (see configure)
+        self.pubacks_in_use = False
+        self.frame_max = session.handshake.frame_max
         #: exchange -> its publisher (the default exchange's uses channel 1)
         self.publishers: dict[str, Publisher] = {"": Publisher("", Channel(PUBLISH_CHANNEL))}
         #: body bytes of publishes waiting for their channel (counted for push-back)
@@ -117,6 +124,11 @@ class Publishing:
         self.keep_for_resend = False
         #: server-named queues renamed by a recovery: old name -> new (default-exchange routing keys follow)
         self.renamed: dict[str, str] = {}
+
+    def configure(self, pubacks_in_use: bool, frame_max: int) -> None:
+        """The handshake agreed on confirms and the frame size."""
+        self.pubacks_in_use = pubacks_in_use
+        self.frame_max = frame_max
 
     # --- channels -----------------------------------------------------------------------------------
 
@@ -151,7 +163,7 @@ class Publishing:
         channel.handlers[BASIC_RETURN] = self.on_return
         session.channels.register(channel)
         session.send(method_frame(channel.number, M["channel.open"].encode_args()))
-        if session.handshake.pubacks_in_use:
+        if self.pubacks_in_use:
             channel.handlers[BASIC_ACK] = self.on_ack
             channel.handlers[BASIC_NACK] = self.on_nack
             session.send(method_frame(channel.number, M["confirm.select"].encode_args(False)))
@@ -199,16 +211,15 @@ class Publishing:
         callback: Callback | None,
     ) -> int:
         """basic.publish, confirmed.  Encoding errors raise here, before anything is sent."""
-        session = self.session
-        if session.error is not None:
-            raise session.broken_error()
+        if self.session.error is not None:
+            raise self.session.broken_error()
         if body.__class__ is not bytes:
             body = _as_body(body)
-        table = session.table
+        table = self.table
         number = table.next_number
         if self.renamed and not exchange:
             routing_key = self.renamed.get(routing_key, routing_key)
-        pubacks = session.handshake.pubacks_in_use
+        pubacks = self.pubacks_in_use
         if headers or mandatory or not pubacks:
             properties = self._encode_properties(headers, number, mandatory, pubacks)
         else:
@@ -222,10 +233,12 @@ class Publishing:
                 publisher.methods.clear()
             publisher.methods[key] = method_payload
         table.next_number = number + 1
-        promise = Promise(number, callback, Kind.PUBLISH)
+        promise = Promise(number, callback, _PUBLISH)
         table.promises[number] = promise
         if self.keep_for_resend:
-            promise.request = (exchange, routing_key, mandatory, properties, body)
+            promise.request = key
+            promise.properties = properties
+            promise.body = body
         if publisher.ready:
             self._send(publisher, promise, method_payload, properties, body)
         else:
@@ -236,10 +249,11 @@ class Publishing:
 
     def resend(self, promise: Promise) -> None:
         """Send a publish again (it was unconfirmed when an earlier connection was lost)."""
-        exchange, routing_key, mandatory, properties, body = promise.request
+        exchange, routing_key, mandatory = promise.request
+        properties, body = promise.properties, promise.body
         if not exchange and routing_key in self.renamed:
             routing_key = self.renamed[routing_key]
-            promise.request = (exchange, routing_key, mandatory, properties, body)
+            promise.request = (exchange, routing_key, mandatory)
         publisher = self.publishers.get(exchange) or self.publisher(exchange)
         method_payload = _encode_publish(exchange, routing_key, mandatory, False)
         promise.tag = None
@@ -261,7 +275,7 @@ class Publishing:
             if mandatory is not None:
                 backlog[index] = (promise, _encode_publish("", new, mandatory, False), properties, body)
                 if promise.request is not None:
-                    promise.request = ("", new, mandatory, properties, body)
+                    promise.request = ("", new, mandatory)
         publisher.methods.clear()
 
     @staticmethod
@@ -292,10 +306,9 @@ class Publishing:
     def _send(
         self, publisher: Publisher, promise: Promise, method_payload: bytes, properties: bytes, body: Any
     ) -> None:
-        session = self.session
         number = publisher.channel.number
-        frames = content_frames(number, method_payload, 60, properties, body, session.handshake.frame_max)
-        if session.handshake.pubacks_in_use:
+        frames = content_frames(number, method_payload, 60, properties, body, self.frame_max)
+        if self.pubacks_in_use:
             tag = publisher.tag
             publisher.tag = tag + 1
             promise.tag = tag
@@ -304,14 +317,13 @@ class Publishing:
             frames.append(self._footer(number, promise.number))
             publisher.inflight[promise.number] = promise
         if len(frames) == 1:
-            session.send(frames[0])
+            self.send(frames[0])
         else:
-            session.send_many(frames)
+            self.send_many(frames)
 
     def _footer(self, channel: int, number: int) -> bytes:
         props = _encode_properties({"headers": {PROMISE_HEADER: number, FOOTER_HEADER: True}})
-        frame_max = self.session.handshake.frame_max
-        return b"".join(content_frames(channel, _encode_publish("", "", True, False), 60, props, b"", frame_max))
+        return b"".join(content_frames(channel, _encode_publish("", "", True, False), 60, props, b"", self.frame_max))
 
     # --- what the broker says about them --------------------------------------------------------------
 
@@ -389,7 +401,7 @@ class Publishing:
         headers = message["headers"]
         number = headers.get(PROMISE_HEADER)
         promise = session.table.promises.get(number) if isinstance(number, int) else None
-        if session.handshake.pubacks_in_use:
+        if self.pubacks_in_use:
             if promise is None or promise.tag is None or publisher.inflight.get(promise.tag) is not promise:
                 session.log.warning("basic.return of a message puka cannot match to a publish: %r", message)
                 return
