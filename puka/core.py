@@ -81,6 +81,8 @@ class Core:
             gated=gated,
         )
         self.on_frames = session.on_frames
+        #: one round of the event loop (poll bounded by the timers, read, write, timers)
+        self.io_step = transport.io_step
         self.publishing = session.publishing
         self.consuming = session.consuming
         self.handshake = session.handshake
@@ -192,9 +194,6 @@ class Core:
         publishing = self.publishing
         while transport.state is not CLOSED and transport.backlog + publishing.backlog_bytes > limit:
             transport.io_step(1.0)
-
-    def io_step(self, timeout: float | None) -> None:
-        self.transport.io_step(timeout)
 
     def on_timer(self) -> float | None:
         transport = self.transport

@@ -127,7 +127,7 @@ class Promise:
         #: what the middleware chain keeps about it (an OutgoingPublish, a GetOperation)
         self.traced: Any = None
         # ``properties`` and ``body`` (encoded properties, body) are set only on publishes kept
-        # for sending again after a recovery (their ``request`` is (exchange, routing key, mandatory)).
+        # for sending again after a recovery (their ``request`` is the encoded basic.publish).
 
     def __repr__(self) -> str:
         return "<Promise %d %s%s%s>" % (

@@ -236,7 +236,8 @@ class Publishing:
         promise = Promise(number, callback, _PUBLISH)
         table.promises[number] = promise
         if self.keep_for_resend:
-            promise.request = key
+            # Bytes and the body: nothing the garbage collector has to look at.
+            promise.request = method_payload
             promise.properties = properties
             promise.body = body
         if publisher.ready:
@@ -249,13 +250,15 @@ class Publishing:
 
     def resend(self, promise: Promise) -> None:
         """Send a publish again (it was unconfirmed when an earlier connection was lost)."""
-        exchange, routing_key, mandatory = promise.request
+        method_payload = promise.request
         properties, body = promise.properties, promise.body
+        method, _end = spec.decode_method(method_payload, 0)
+        exchange = method["exchange"]
+        routing_key = method["routing_key"]
         if not exchange and routing_key in self.renamed:
-            routing_key = self.renamed[routing_key]
-            promise.request = (exchange, routing_key, mandatory)
+            method_payload = _encode_publish(exchange, self.renamed[routing_key], method["mandatory"], False)
+            promise.request = method_payload
         publisher = self.publishers.get(exchange) or self.publisher(exchange)
-        method_payload = _encode_publish(exchange, routing_key, mandatory, False)
         promise.tag = None
         if publisher.ready:
             self._send(publisher, promise, method_payload, properties, body)
@@ -275,7 +278,7 @@ class Publishing:
             if mandatory is not None:
                 backlog[index] = (promise, _encode_publish("", new, mandatory, False), properties, body)
                 if promise.request is not None:
-                    promise.request = ("", new, mandatory)
+                    promise.request = backlog[index][1]
         publisher.methods.clear()
 
     @staticmethod

@@ -80,6 +80,7 @@ class RecoveryState(enum.Enum):
 
 
 _OUTAGE = (RecoveryState.WAITING, RecoveryState.RECONNECTING, RecoveryState.REPLAYING)
+_OPEN = RecoveryState.OPEN
 
 
 class RecoveringCore:
@@ -110,7 +111,10 @@ class RecoveringCore:
         #: settlements of stale messages (done nothing on the wire)
         self.stale_settlements = 0
         self.listeners: list[RecoveryListener] = []
-        self.state = RecoveryState.CONNECTING
+        #: one round of the event loop: the current core's own while open (the hot path), else
+        #: the recovery's (attempts, retries, deadline); set with the state
+        self.io_step: Callable[[float | None], None] = self._io_step_recovering
+        self._state = RecoveryState.CONNECTING
         self.error: BaseException | None = None
         self.closing = False
         self._first_round = self.rotation.first_round()
@@ -128,13 +132,24 @@ class RecoveringCore:
 
     # --- the current Core ----------------------------------------------------------------------------
 
+    @property
+    def state(self) -> RecoveryState:
+        return self._state
+
+    @state.setter
+    def state(self, state: RecoveryState) -> None:
+        self._state = state
+        self.io_step = self.current.io_step if state is _OPEN else self._io_step_recovering
+
     def _install(self, core: Core) -> Core:
         self.current = core
+        self.state = self._state  # io_step follows the new core
         self.transport = core.transport
         self.session: Session = core.session
         self.publishing = core.publishing
         self.consuming = core.consuming
         self.handshake = core.handshake
+        self.flush = core.flush  # type: ignore[method-assign]
         session = core.session
         session.takeover = self._on_lost
         # Until the first connection opens, nothing was sent: everything can move to the next host.
@@ -247,7 +262,7 @@ class RecoveringCore:
             delays.append(self._outage_started + self.recovery.deadline - now)
         return max(0.0, min(delays)) if delays else None
 
-    def io_step(self, timeout: float | None) -> None:
+    def _io_step_recovering(self, timeout: float | None) -> None:
         due = self._run_due(time.monotonic())
         if due is not None and (timeout is None or due < timeout):
             timeout = due
