@@ -312,6 +312,81 @@ class Client:
             self._chain.close()
         return core.close(callback, CLOSE_TIMEOUT).number
 
+    def shutdown(self, timeout: float = 30.0) -> dict[str, int]:
+        """Stop without losing anything (a service's SIGTERM); returns what was left.
+
+        1. Every consume is cancelled: no new deliveries (messages already
+           delivered stay with the application).
+        2. The client keeps running -- callbacks included -- until the
+           application has settled every message it holds, the broker has
+           confirmed every publish and every other operation has its answer,
+           or ``timeout`` seconds have passed.
+        3. Then it closes.  What is still pending at the deadline fails with
+           :exc:`ConnectionBroken` ("... still pending when the client shut
+           down"); messages never acknowledged are redelivered by the broker.
+
+        Returns ``{'unsettled': n, 'pending': m}``: the messages still held
+        and the operations (publishes...) still pending at the deadline, both
+        0 after a clean stop.  Results waiting to be taken are not dropped.
+        A client whose connection is gone just closes.
+        """
+        table = self._table
+        deadline = time.monotonic() + timeout
+        left = {"unsettled": 0, "pending": 0}
+        if self._core.active:
+            try:
+                for promise in [p for p in table.promises.values() if p.kind is Kind.CONSUME and not p.final]:
+                    self.basic_cancel(promise.number)
+
+                def done() -> bool:
+                    promises = table.promises.values()
+                    held = sum(p.held for p in promises)
+                    pending = sum(1 for p in promises if not p.final and p.kind is not Kind.CONNECT)
+                    left["unsettled"], left["pending"] = held, pending
+                    return not held and not pending
+
+                self._run_until(done, deadline)
+                pending = [p for p in table.unfinished() if p.kind is not Kind.CONNECT]
+                if pending:
+                    exc = ConnectionBroken(
+                        "still pending when the client shut down (after %gs): %d operation(s)" % (timeout, len(pending))
+                    )
+                    for promise in pending:
+                        table.fail(promise, exc)
+            except ConnectionBroken:
+                pass
+        try:
+            self.wait(self.close(), timeout=CLOSE_TIMEOUT + 1)
+        except ConnectionBroken:
+            pass
+        return left
+
+    def _run_until(self, condition: Callable[[], bool], deadline: float) -> bool:
+        """Run the event loop and the callbacks of promises that have one (other results are kept)
+        until ``condition()`` or the deadline; True when the condition was met."""
+        table = self._table
+        core = self._core
+        while not condition():
+            ready = table.ready
+            kept = []
+            while ready:
+                promise = ready.popleft()
+                if not promise.results:
+                    continue
+                if promise.callback is None:
+                    kept.append(promise)
+                    continue
+                self._deliver(promise, raise_errors=False)
+            ready.extend(kept)
+            if condition():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            core.flush()
+            core.io_step(min(remaining, 1.0))
+        return True
+
     def __enter__(self) -> Client:
         if self._core.session.connect_promise is None:
             self.wait(self.connect())
