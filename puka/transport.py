@@ -34,6 +34,7 @@ import select
 import time
 from collections import deque
 
+from .alarms import Alarms
 from .exceptions import ConnectionBroken, FrameTooLarge
 from .framing import HEARTBEAT, FrameReader
 from .spec import FRAME_HEARTBEAT, DecodeError
@@ -112,6 +113,8 @@ class Transport:
         self.wakeup: Callable[[], None] | None = None
         #: called before the loop decides what to write (the layer above queues deferred frames)
         self.prepare_write: Callable[[], None] | None = None
+        #: deadlines of the layers above (RPC time-outs), shared by every transport of a client
+        self.alarms: Alarms = Alarms()
         self._poller: Any = None
         self._poll_fd = -1
         self._poll_mask = 0
@@ -379,11 +382,17 @@ class Transport:
             delays.append(self.last_recv + self.heartbeat * 2 - now)
         if self.deadline is not None:
             delays.append(self.deadline - now)
+        if self.alarms:
+            due = self.alarms.next_due()
+            if due is not None:
+                delays.append(due - now)
         if not delays:
             return None
         return max(0.0, min(delays))
 
     def check_timers(self, now: float) -> None:
+        if self.alarms:
+            self.alarms.fire(now)
         if self.state is CLOSED:
             return
         if self.deadline is not None and now >= self.deadline:
@@ -409,7 +418,7 @@ class Transport:
         sock = self.sock
         if self.state is CLOSED or sock is None:
             raise self.error or ConnectionBroken("connection closed")
-        timed = self.heartbeat or self.deadline is not None
+        timed = self.heartbeat or self.deadline is not None or self.alarms
         if timed:
             timer = self.next_timer(time.monotonic())
             if timer is not None and (timeout is None or timer < timeout):

@@ -19,6 +19,12 @@ access refused) fails only the publishes to that exchange.  Past
   protocol violation: nothing is ever confirmed wrongly.
 * With ``pubacks=False`` each publish is followed by a mandatory empty
   "footer" message the broker returns, as the original puka did.
+* Direct reply-to: RabbitMQ wants a request whose ``reply_to`` is
+  ``amq.rabbitmq.reply-to`` published on the channel of the consumer of that
+  pseudo-queue.  Such publishes go to the *reply publisher*, bound to that
+  consumer's channel (put in confirm mode) once it runs; until then they wait
+  in its backlog.  Without such a consumer on this client they are refused at
+  the call.
 
 The hot path is :meth:`Publishing.publish`: encoded ``basic.publish`` methods
 are cached per (routing key, mandatory), properties are encoded once, and the
@@ -56,6 +62,8 @@ _PUBLISH = Kind.PUBLISH
 
 #: Exchanges with a publish channel of their own; beyond, they share the default exchange's.
 MAX_PUBLISHERS = 128
+#: RabbitMQ's direct reply-to pseudo-queue.
+REPLY_TO = "amq.rabbitmq.reply-to"
 #: Header that ties a returned (mandatory) message to its publish promise.
 PROMISE_HEADER = "x-puka-promise"
 FOOTER_HEADER = "x-puka-footer"
@@ -124,6 +132,8 @@ class Publishing:
         self.keep_for_resend = False
         #: server-named queues renamed by a recovery: old name -> new (default-exchange routing keys follow)
         self.renamed: dict[str, str] = {}
+        #: publishes with reply_to amq.rabbitmq.reply-to go out on the reply-to consumer's channel
+        self.reply_publisher: Publisher | None = None
 
     def configure(self, pubacks_in_use: bool, frame_max: int) -> None:
         """The handshake agreed on confirms and the frame size."""
@@ -187,6 +197,45 @@ class Publishing:
         for publisher in self.publishers.values():
             if publisher.opened and not publisher.ready:
                 self._flush_backlog(publisher)
+        reply = self.reply_publisher
+        if reply is not None and reply.opened and not reply.ready:
+            self._flush_backlog(reply)
+
+    # --- direct reply-to ------------------------------------------------------------------------------
+
+    def expect_reply_channel(self) -> Publisher:
+        """A consumer of amq.rabbitmq.reply-to is on its way: its publishes wait for its channel."""
+        publisher = self.reply_publisher
+        if publisher is None:
+            publisher = self.reply_publisher = Publisher(REPLY_TO, Channel(0))
+        return publisher
+
+    def attach_reply_channel(self, channel: Channel) -> None:
+        """The reply-to consumer runs on ``channel``: put it in confirm mode; reply-to publishes use it."""
+        publisher = self.expect_reply_channel()
+        publisher.channel = channel
+        channel.publisher = publisher
+        publisher.ready = publisher.opened = False
+        channel.handlers[BASIC_RETURN] = self.on_return
+        if self.pubacks_in_use:
+            channel.handlers[BASIC_ACK] = self.on_ack
+            channel.handlers[BASIC_NACK] = self.on_nack
+            self.send(method_frame(channel.number, M["confirm.select"].encode_args(False)))
+            channel.expect((CONFIRM_SELECT_OK,), self.on_ready)
+        else:
+            self.on_ready(channel, None)
+
+    def detach_reply_channel(self, exc: BaseException) -> None:
+        """The reply-to consumer's channel is gone: what was published on it fails."""
+        publisher, self.reply_publisher = self.reply_publisher, None
+        if publisher is None:
+            return
+        failed = list(publisher.inflight.values()) + [entry[0] for entry in publisher.backlog]
+        self.backlog_bytes -= publisher.backlog_bytes
+        publisher.inflight.clear()
+        publisher.backlog.clear()
+        for promise in failed:
+            self.table.fail(promise, exc)
 
     def _flush_backlog(self, publisher: Publisher) -> None:
         publisher.ready = True
@@ -224,7 +273,15 @@ class Publishing:
             properties = self._encode_properties(headers, number, mandatory, pubacks)
         else:
             properties = _EMPTY_PROPERTIES
-        publisher = self.publishers.get(exchange) or self.publisher(exchange)
+        if headers and headers.get("reply_to") == REPLY_TO:
+            publisher = self.reply_publisher
+            if publisher is None:
+                raise ValueError(
+                    "a publish with reply_to %r needs a consumer of that pseudo-queue on this client first: "
+                    "basic_consume(queue=%r, no_ack=True), or use rpc_call()" % (REPLY_TO, REPLY_TO)
+                )
+        else:
+            publisher = self.publishers.get(exchange) or self.publisher(exchange)
         key = (exchange, routing_key, mandatory)
         method_payload = publisher.methods.get(key)
         if method_payload is None:
@@ -258,7 +315,10 @@ class Publishing:
         if not exchange and routing_key in self.renamed:
             method_payload = _encode_publish(exchange, self.renamed[routing_key], method["mandatory"], False)
             promise.request = method_payload
-        publisher = self.publishers.get(exchange) or self.publisher(exchange)
+        if spec.decode_properties(properties, 0)[0].get("reply_to") == REPLY_TO:
+            publisher = self.expect_reply_channel()
+        else:
+            publisher = self.publishers.get(exchange) or self.publisher(exchange)
         promise.tag = None
         if publisher.ready:
             self._send(publisher, promise, method_payload, properties, body)
@@ -444,6 +504,7 @@ class Publishing:
             publisher.backlog.clear()
             publisher.backlog_bytes = 0
             publisher.ready = publisher.opened = False
+        self.reply_publisher = None
         self.backlog_bytes = 0
 
 

@@ -245,6 +245,13 @@ class RecoveringCore:
                 self._give_up(spent)
                 return None
         delays = []
+        alarms = self.current.transport.alarms
+        if alarms and self._attempt_at is not None:
+            # No transport runs between attempts: the application's alarms fire here.
+            alarms.fire(now)
+            due_alarm = alarms.next_due()
+            if due_alarm is not None:
+                delays.append(due_alarm - now)
         if self._timers:
             due = [item for item in self._timers if item[0] <= now]
             if due:
