@@ -24,6 +24,7 @@ from .exceptions import (
     OperationInterrupted,
     PromiseFinished,
     PublishNacked,
+    ReplyTimeout,
     UnsupportedProtocol,
 )
 from .recovery import Recovery
@@ -57,6 +58,7 @@ __all__ = [
     "OperationInterrupted",
     "PromiseFinished",
     "PublishNacked",
+    "ReplyTimeout",
     "UnsupportedProtocol",
     *sorted(cls.__name__ for cls in _ERRORS.values()),
 ]

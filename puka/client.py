@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .promise import Callback, Promise
     from .protocol.session import Session
     from .recovery.recovering import RecoveringCore
+    from .rpc import Rpc
 
 #: Seconds to establish a connection (TCP, TLS, AMQP handshake) unless the URL says otherwise.
 DEFAULT_CONNECTION_TIMEOUT = 10.0
@@ -273,6 +274,8 @@ class Client:
         #: (promise number, delivery tag) -> Delivery, for deliveries awaiting settlement (middleware only)
         self._deliveries: dict[tuple[int, int], Any] = {}
         self._loop_break = False
+        #: request/reply state, made by the first rpc_call
+        self._rpc: Rpc | None = None
         self.pubacks = pubacks
         self.client_properties = client_properties
 
@@ -777,6 +780,56 @@ class Client:
                     chain.settle(None, message, verb)
 
         return settled
+
+    # --- request/reply (direct reply-to) ---------------------------------------------------------------
+
+    def rpc_call(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes | bytearray | memoryview | str,
+        headers: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Send a request; the promise resolves to the reply message (same shape as a delivery).
+
+        The request is a confirmed, ``mandatory`` publish with ``reply_to``
+        RabbitMQ's direct reply-to and a fresh ``correlation_id`` (both set
+        here, over ``headers``).  It fails with the publish's error
+        (:exc:`NoRoute` when no queue took it...) or with
+        :exc:`ReplyTimeout` after ``timeout`` seconds.  Many calls may be in
+        flight at once; late or unknown replies are logged and dropped.  See
+        :mod:`puka.rpc`.
+        """
+        rpc = self._rpc
+        if rpc is None:
+            from .protocol.session import log
+            from .rpc import Rpc
+
+            rpc = self._rpc = Rpc(self, log)
+        return rpc.call(exchange, routing_key, body, headers, timeout, callback)
+
+    def rpc_reply(
+        self,
+        request: dict[str, Any],
+        body: bytes | bytearray | memoryview | str,
+        headers: dict[str, Any] | None = None,
+        callback: Callback | None = None,
+    ) -> int:
+        """Answer a delivered request: a confirmed publish to its ``reply_to``, with its ``correlation_id``."""
+        try:
+            request_headers = request["headers"]
+        except (KeyError, TypeError):
+            raise ValueError("rpc_reply takes a message delivered by basic_consume or basic_get") from None
+        reply_to = request_headers.get("reply_to")
+        if not reply_to:
+            raise ValueError("the request has no reply_to: nobody to answer")
+        properties = dict(headers) if headers else {}
+        correlation_id = request_headers.get("correlation_id")
+        if correlation_id is not None:
+            properties["correlation_id"] = correlation_id
+        return self.basic_publish("", reply_to, body, properties, callback=callback)
 
     # --- the simple operations (see OPERATIONS) --------------------------------------------------
 

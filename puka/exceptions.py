@@ -98,6 +98,10 @@ class ConsumerCancelled(AMQPError):
     """The broker cancelled a consumer (its queue was deleted, or the node went away)."""
 
 
+class ReplyTimeout(TimeoutError):
+    """An rpc_call's reply did not come within its ``timeout`` (a reply arriving later is dropped)."""
+
+
 class PromiseFinished(ValueError):
     """``wait`` on a promise that ended without a further result (e.g. a cancelled consume)."""
 

@@ -80,6 +80,8 @@ class Kind(enum.Enum):
     CONSUME_CONTROL = "consume-control"
     #: the client's own work (topology replay): resolved through ``observer``, never queued in ``ready``
     INTERNAL = "internal"
+    #: an rpc_call: resolved by its reply (not tied to a channel)
+    RPC = "rpc"
 
 
 class Promise:

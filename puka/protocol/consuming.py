@@ -28,6 +28,7 @@ from collections import deque
 from .. import exceptions, spec
 from ..framing import method_frame
 from ..promise import Kind, Result
+from .publishing import REPLY_TO
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,9 +61,12 @@ ACK_BATCH = 64
 class ConsumeState:
     """What a consume promise remembers: its consumers, ack mode, what waits for its channel."""
 
-    __slots__ = ("no_ack", "prefetch", "consumers", "by_tag", "cancel_promise", "deferred", "started")
+    __slots__ = ("no_ack", "prefetch", "consumers", "by_tag", "cancel_promise", "deferred", "started", "on_message")
 
     def __init__(self, no_ack: bool, consumers: list[dict[str, Any]], prefetch: int) -> None:
+        #: deliveries go to this function instead of the promise's results (the client's own
+        #: consumers: the direct reply-to consumer of rpc_call)
+        self.on_message: Callable[[Any], None] | None = None
         self.no_ack = no_ack
         self.prefetch = prefetch
         self.consumers = consumers
@@ -125,8 +129,9 @@ class Consuming:
         prefetch_count: int,
         no_ack: bool,
         callback: Callback | None,
+        on_message: Callable[[Any], None] | None = None,
     ) -> int:
-        """basic.qos then basic.consume for each queue; every delivery is a result."""
+        """basic.qos then basic.consume for each queue; every delivery is a result (or goes to ``on_message``)."""
         session = self.session
         _encode_qos(0, prefetch_count, False)  # bad arguments raise here, before anything is sent
         number = session.table.next_number
@@ -142,8 +147,16 @@ class Consuming:
             }
             _consume_payload(consumer, no_ack)  # bad arguments raise here, before anything is sent
             consumers.append(consumer)
+        reply_to = any(consumer["queue"] == REPLY_TO for consumer in consumers)
+        if reply_to and session.publishing.reply_publisher is not None:
+            raise ValueError(
+                "this client already consumes %s (one consumer per client; rpc_call() makes one)" % REPLY_TO
+            )
         promise = session.new_promise(callback, Kind.CONSUME)
-        promise.consume = ConsumeState(no_ack, consumers, prefetch_count)
+        state = promise.consume = ConsumeState(no_ack, consumers, prefetch_count)
+        state.on_message = on_message
+        if reply_to:
+            session.publishing.expect_reply_channel()
         self.start_consume(promise)
         return promise.number
 
@@ -161,7 +174,7 @@ class Consuming:
 
         def start(promise: Promise) -> None:
             channel = promise.channel
-            channel.handlers[BASIC_DELIVER] = self.on_deliver
+            channel.handlers[BASIC_DELIVER] = self.on_deliver if state.on_message is None else self._deliver_to_hook
             channel.handlers[BASIC_CANCEL] = self.on_server_cancel
             session.send(method_frame(channel.number, _encode_qos(0, state.prefetch, False)))
             channel.expect((BASIC_QOS_OK,), _ignore)
@@ -177,10 +190,18 @@ class Consuming:
             deferred, state.deferred = state.deferred, []
             for action in deferred:
                 action(channel)
+            if any(consumer["queue"] == REPLY_TO for consumer in state.consumers):
+                session.publishing.attach_reply_channel(channel)
             if on_started is not None:
                 on_started()
 
         session.channels.acquire(promise, start, privileged)
+
+    def _deliver_to_hook(self, channel: Channel, message: Any) -> None:
+        """A delivery for the client's own consumer (no_ack): to its on_message, not to results."""
+        promise = channel.promise
+        if promise is not None and not promise.final:
+            promise.consume.on_message(message)
 
     def on_deliver(self, channel: Channel, message: Any) -> None:
         promise = channel.promise
@@ -218,17 +239,23 @@ class Consuming:
                 channel.expect((BASIC_CANCEL_OK,), _ignore)
         state.consumers = []
         channel.handlers[BASIC_CANCEL] = _ignore
-        session.table.fail(
-            promise,
-            exceptions.ConsumerCancelled("the broker cancelled consumer %s (queue deleted?)" % tag),
-            {"consumer_tag": tag},
-        )
+        exc = exceptions.ConsumerCancelled("the broker cancelled consumer %s (queue deleted?)" % tag)
+        self._reply_consumer_gone(channel, exc)
+        session.table.fail(promise, exc, {"consumer_tag": tag})
+
+    def _reply_consumer_gone(self, channel: Channel, exc: BaseException) -> None:
+        """When ``channel`` was the direct reply-to consumer's, publishes on it fail with ``exc``."""
+        reply = self.session.publishing.reply_publisher
+        if reply is not None and reply.channel is channel:
+            self.session.publishing.detach_reply_channel(exc)
 
     def channel_closed(self, promise: Promise, exc: BaseException) -> None:
         """The consume's channel was closed by the broker: a pending cancel fails with it."""
         cancel = promise.consume.cancel_promise
         if cancel is not None and not cancel.final:
             self.session.table.fail(cancel, exc)
+        if promise.channel is not None:
+            self._reply_consumer_gone(promise.channel, exc)
 
     def consume_promise(self, number: int, what: str) -> Promise:
         promise = self.session.table.promises.get(number)
@@ -316,6 +343,7 @@ class Consuming:
         def finish(channel: Channel, reply: Any) -> None:
             table.resolve(promise, reply)
             table.end_quietly(consume)
+            self._reply_consumer_gone(channel, exceptions.ConnectionBroken("the reply-to consumer was cancelled"))
 
         def send_cancels(channel: Channel) -> None:
             consumers, state.consumers = state.consumers, []
