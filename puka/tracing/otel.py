@@ -5,7 +5,7 @@ the client calls its hooks and it turns them into telemetry following the OpenTe
 messaging semantic conventions (schema https://opentelemetry.io/schemas/1.44.0) and their
 RabbitMQ page:
 
-``publish {destination}``, PRODUCER
+``publish {destination}``, PRODUCER (CLIENT when the caller supplies the creation context)
     started when ``basic_publish`` is called, ended when the broker settles the message (the
     publisher confirm), so it covers the round trip.  A failure -- ``NoRoute`` (a mandatory
     message returned), ``PublishNacked``, a channel error such as ``NotFound`` (missing
@@ -13,7 +13,8 @@ RabbitMQ page:
     to the exception's class name.  Its context is the message's *creation context*: it is
     injected into the message headers (W3C ``traceparent``/``tracestate`` with the default
     propagator).  A creation context the caller already put in the headers is kept as it is and
-    linked from the publish span instead.
+    linked from the publish span instead, and the span is then CLIENT, not PRODUCER (the
+    conventions: PRODUCER only when the send span's context is the creation context).
 ``process {destination}``, CONSUMER
     one per message handed to the application by a consume promise (prefetched messages get
     none until then).  It links to the creation context found in the message headers; its
@@ -27,7 +28,8 @@ RabbitMQ page:
     get no process span: their ``receive`` span covers them.
 ``ack|nack|reject {destination}``, CLIENT (``messaging.operation.type`` ``settle``)
     one per settled message, child of the message's process span (else of the active span,
-    linking the creation context).
+    linking the creation context).  Carries the message's id, correlation id
+    (``messaging.message.conversation_id``) and delivery tag.
 ``receive {queue}``, CLIENT
     one per ``basic_get``, from the call to the broker's answer; links the creation context of
     the message it got.
@@ -39,6 +41,13 @@ one of routing key and queue when they are equal.  Server-named queues (``amq.ge
 reply-to) make a destination anonymous: ``messaging.destination.anonymous`` is true and the
 span name uses ``messaging.destination.template``, where each generated name is replaced by
 ``(anonymous)``.
+
+``server.address``/``server.port`` are the host and port of the URL the client is connected to
+(with several hosts, the current one); publish, receive and settle spans also carry
+``network.peer.address``/``network.peer.port``, the address of the broker's end of the socket
+(the URL's host and port while there is no connected socket).  A publish sent again after a
+recovery ends with the peer that settled it.  ``messaging.message.body.size`` is opt-in
+(``record_body_size=True``).
 
 Metrics: ``messaging.client.operation.duration`` (publish, receive, settle) and
 ``messaging.process.duration`` (histograms in seconds, equal to the span durations),
@@ -52,6 +61,17 @@ routing key of a named exchange by ``{routing_key}`` and generated queue names b
 Errors reported in ``error.type``: the class name of puka's exception -- one of the AMQP reply
 code classes (``NoRoute``, ``NotFound``, ``AccessRefused``...), ``PublishNacked``,
 ``ConnectionBroken`` (or a subclass) -- or of the exception a callback raised.
+
+Exception events: each failed operation also emits the conventions' event through an
+OpenTelemetry ``Logger`` (``logger_provider``, else the global one): a log record named
+``messaging.send.exception`` (a failed publish) or ``messaging.receive.exception`` (a failed
+``basic_get``), severity WARN, or ``messaging.process.exception`` (a callback raised), severity
+ERROR, in the context of the operation's span, with ``exception.type`` (the fully-qualified
+class name, ``puka.spec.NoRoute``), ``exception.message`` and, when the exception has a
+traceback, ``exception.stacktrace``.  No settle events: RabbitMQ does not answer acks, and a
+settlement the client refuses raises at the call before the middleware sees it; no create events:
+puka has no create operation.
+Exception events need opentelemetry-api 1.35 or later; with an older API none is emitted.
 
 Under ``opentelemetry.instrumentation.utils.suppress_instrumentation()`` nothing is recorded,
 but the active context is still injected into published messages.  With no SDK configured
@@ -70,8 +90,10 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import traceback
 
 try:
+    from opentelemetry import _logs
     from opentelemetry import context as _context
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
@@ -85,6 +107,10 @@ try:  # what the API's metrics proxies look at; optional, there is a slower publ
     from opentelemetry.metrics import _internal as _metrics_internal
 except ImportError:  # pragma: no cover - another API version
     _metrics_internal = None  # type: ignore[assignment]
+try:  # the same for the logger provider
+    from opentelemetry._logs import _internal as _logs_internal
+except ImportError:  # pragma: no cover - another API version
+    _logs_internal = None  # type: ignore[assignment]
 
 from .. import instrumentation
 from ..version import __version__
@@ -126,7 +152,12 @@ CONVERSATION_ID = "messaging.message.conversation_id"
 BODY_SIZE = "messaging.message.body.size"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
+NETWORK_PEER_ADDRESS = "network.peer.address"
+NETWORK_PEER_PORT = "network.peer.port"
 ERROR_TYPE = "error.type"
+EXCEPTION_TYPE = "exception.type"
+EXCEPTION_MESSAGE = "exception.message"
+EXCEPTION_STACKTRACE = "exception.stacktrace"
 HEADER_PREFIX = "messaging.header."
 
 _SUPPRESS_KEY = getattr(_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
@@ -135,6 +166,22 @@ _get_current = _context.get_current
 _time_ns = time.time_ns
 _CACHE_MAX = 1024
 _UNKNOWN = object()
+
+#: The exception events (log records) of the conventions: (event name, severity number, text).
+SEND_EXCEPTION = ("messaging.send.exception", _logs.SeverityNumber.WARN, "WARN")
+RECEIVE_EXCEPTION = ("messaging.receive.exception", _logs.SeverityNumber.WARN, "WARN")
+PROCESS_EXCEPTION = ("messaging.process.exception", _logs.SeverityNumber.ERROR, "ERROR")
+
+
+def _log_record_parameters() -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(_logs.LogRecord.__init__).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - another API version
+        return frozenset()
+
+
+#: Exception events need an API whose LogRecord takes an event name and a context (1.35 and later).
+EXCEPTION_EVENTS_SUPPORTED = {"event_name", "context"} <= _log_record_parameters()
 
 
 def _suppressed(ctx: Any) -> bool:
@@ -191,6 +238,25 @@ def _attribute_value(value: Any) -> Any:
 
 def _error_type(exc: BaseException | None) -> str:
     return type(exc).__qualname__ if exc is not None else "_OTHER"
+
+
+def _exception_type(exc: BaseException) -> str:
+    """The exception's fully-qualified class name, as tracebacks print it (``puka.spec.NoRoute``,
+    ``ValueError``)."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    if module in (None, "builtins", "__main__"):
+        return cls.__qualname__
+    return "%s.%s" % (module, cls.__qualname__)
+
+
+def _peer_attributes(address: Any) -> dict[str, Any] | None:
+    """``network.peer.*`` from what ``socket.getpeername()`` returned (IPv4, IPv6 or Unix)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return {NETWORK_PEER_ADDRESS: str(address[0]), NETWORK_PEER_PORT: int(address[1])}
+    if isinstance(address, (str, bytes)) and address:
+        return {NETWORK_PEER_ADDRESS: _text(address)}
+    return None
 
 
 class _Destination:
@@ -290,7 +356,7 @@ def _consumer_parts(exchange: str, routing_key: str, queue: str | None) -> list[
 class _Operation:
     """A span in progress (or only its timing, when tracing is off)."""
 
-    __slots__ = ("span", "start", "destination", "token", "style", "ended", "key")
+    __slots__ = ("span", "start", "destination", "token", "style", "ended", "key", "peer")
 
     def __init__(self, span: Any, start: int, destination: _Destination) -> None:
         self.span = span
@@ -300,6 +366,8 @@ class _Operation:
         self.style = ""
         self.ended = False
         self.key: Any = None
+        #: the network.peer.* attributes the span started with
+        self.peer: dict[str, Any] | None = None
 
 
 def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
@@ -314,8 +382,11 @@ def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
 class OpenTelemetryMiddleware(Middleware):
     """Traces and measures a client's messaging with OpenTelemetry (see the module doc).
 
-    ``tracer_provider``, ``meter_provider``
-        where spans and metrics go; None uses the global ones (set later or never).
+    ``tracer_provider``, ``meter_provider``, ``logger_provider``
+        where spans, metrics and exception events go; None uses the global ones (set later or
+        never; the logger provider is ``opentelemetry._logs``'s).  Exception events accompany the
+        operations traced or measured; a ``logger_provider`` given here makes every operation
+        observed for its events, even with no tracer or meter provider configured.
     ``propagator``
         a ``TextMapPropagator`` for the message headers; None uses the global one
         (``opentelemetry.propagate``), W3C trace context and baggage by default.
@@ -330,7 +401,8 @@ class OpenTelemetryMiddleware(Middleware):
     ``process_parent``
         ``'creation'`` (default), ``'ambient'`` or ``'creation-always'``: see the module doc.
     ``record_body_size``
-        record ``messaging.message.body.size`` (an opt-in attribute of the conventions).
+        record ``messaging.message.body.size`` on publish, process and receive spans: off by
+        default, an opt-in attribute of the conventions.
 
     One middleware may serve several clients.
     """
@@ -346,7 +418,8 @@ class OpenTelemetryMiddleware(Middleware):
         settle_hook: Callable[[Any, Delivery | None], Any] | None = None,
         capture_headers: Iterable[str] = (),
         process_parent: str = "creation",
-        record_body_size: bool = True,
+        record_body_size: bool = False,
+        logger_provider: Any = None,
     ) -> None:
         if process_parent not in PROCESS_PARENTS:
             raise ValueError("process_parent must be one of %s, not %r" % (", ".join(PROCESS_PARENTS), process_parent))
@@ -361,8 +434,10 @@ class OpenTelemetryMiddleware(Middleware):
         self.capture_headers = tuple((name, HEADER_PREFIX + name) for name in capture_headers)
         self.process_parent = process_parent
         self.record_body_size = record_body_size
+        self.logger_provider = logger_provider
         self._tracer = _trace.get_tracer(SCOPE, __version__, tracer_provider, schema_url=SCHEMA_URL)
         meter = _metrics.get_meter(SCOPE, __version__, meter_provider, schema_url=SCHEMA_URL)
+        self._logger = _logs.get_logger(SCOPE, __version__, logger_provider, schema_url=SCHEMA_URL)
         # Whether spans / metrics can be recorded at all: fixed for explicit providers, else
         # looked up until a global provider is set (that happens once per process).
         self._tracing_on: bool | None = None
@@ -371,6 +446,14 @@ class OpenTelemetryMiddleware(Middleware):
             self._tracing_on = not isinstance(tracer_provider, _trace.NoOpTracerProvider)
         if meter_provider is not None:
             self._metering_on = not isinstance(meter_provider, _metrics.NoOpMeterProvider)
+        # An explicit logger provider: operations are observed for their exception events even
+        # when nothing else is recorded (metrics then go to a meter that may do nothing).  Folded
+        # into the metering flag so that the no-SDK path tests nothing more.
+        self._logging_on: bool | None = None
+        if logger_provider is not None:
+            self._logging_on = not isinstance(logger_provider, _logs.NoOpLoggerProvider)
+            if self._logging_on and EXCEPTION_EVENTS_SUPPORTED:
+                self._metering_on = True
         self._operation_duration = meter.create_histogram(
             "messaging.client.operation.duration",
             unit="s",
@@ -405,6 +488,8 @@ class OpenTelemetryMiddleware(Middleware):
         self._fields: tuple[Any, frozenset[str]] = (None, frozenset())
         #: wait-style process spans not ended yet: id(client) -> {key: _Operation}
         self._open: dict[int, dict[Any, _Operation]] = {}
+        #: id(client) -> (its socket, the network.peer.* attributes of that socket's peer)
+        self._peers: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -417,7 +502,8 @@ class OpenTelemetryMiddleware(Middleware):
         return tracing or metering
 
     def _enabled(self) -> tuple[bool, bool]:
-        """(tracing, metering): whether spans and metrics can be recorded at all.
+        """(tracing, metering): whether spans and metrics can be recorded at all (metering is also
+        True when an explicit logger provider wants the operations' exception events).
 
         With the global providers this looks at what the API's proxies look at, cheaply, so
         that nothing is started or measured while no SDK is configured.
@@ -559,6 +645,82 @@ class OpenTelemetryMiddleware(Middleware):
             span.set_attribute(ERROR_TYPE, error_type)
             span.set_status(Status(StatusCode.ERROR, str(exc) if exc is not None else error_type))
 
+    def _logging(self) -> bool:
+        """Whether exception events can be recorded at all (asked on failures only)."""
+        if not EXCEPTION_EVENTS_SUPPORTED:
+            return False
+        logging_on = self._logging_on
+        if logging_on is not None:
+            return logging_on
+        provider = getattr(_logs_internal, "_LOGGER_PROVIDER", _UNKNOWN)
+        if provider is _UNKNOWN:  # another API version: the public (slower) way
+            provider = _logs.get_logger_provider()
+            return type(provider).__name__ != "ProxyLoggerProvider" and not isinstance(
+                provider, _logs.NoOpLoggerProvider
+            )
+        if provider is None:
+            return False
+        logging_on = self._logging_on = not isinstance(provider, _logs.NoOpLoggerProvider)
+        return logging_on
+
+    def _exception_event(self, event: tuple[str, Any, str], exc: BaseException | None, span: Any, when: int) -> None:
+        """Emit a ``messaging.*.exception`` event (a log record) for a failed operation, in the
+        context of its span (none when the operation was measured but not traced)."""
+        if exc is None or not self._logging():
+            return
+        name, severity, severity_text = event
+        attributes = {EXCEPTION_TYPE: _exception_type(exc), EXCEPTION_MESSAGE: str(exc)}
+        if exc.__traceback__ is not None:
+            attributes[EXCEPTION_STACKTRACE] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # Never the ambient context: an empty one would be taken for "use the current context".
+        context = _trace.set_span_in_context(span if span is not None else _trace.INVALID_SPAN, _context.Context())
+        try:
+            self._logger.emit(
+                _logs.LogRecord(
+                    timestamp=when,
+                    context=context,
+                    severity_number=severity,
+                    severity_text=severity_text,
+                    attributes=attributes,
+                    event_name=name,
+                )
+            )
+        except Exception:
+            log.exception("could not emit the %s event (ignored)", name)
+
+    def _peer(self, client: Any, fallback: bool = True) -> dict[str, Any] | None:
+        """The ``network.peer.*`` attributes of the broker ``client`` is connected to now.
+
+        The connected socket's peer address (cached per socket: recovery makes a new one);
+        while there is none, the current host's ``params`` when ``fallback`` (else None).
+        """
+        try:
+            sock = client.socket()
+        except Exception:
+            sock = None
+        if sock is not None:
+            cached = self._peers.get(id(client))
+            if cached is not None and cached[0] is sock:
+                return cached[1]
+            try:
+                peer = _peer_attributes(sock.getpeername())
+            except (OSError, AttributeError, ValueError):  # not connected (yet, or any more)
+                peer = None
+            if peer is not None:
+                if len(self._peers) >= _CACHE_MAX:
+                    self._peers.clear()
+                self._peers[id(client)] = (sock, peer)
+                return peer
+        if not fallback:
+            return None
+        host, port = self._server(client)
+        if not host:
+            return None
+        attributes: dict[str, Any] = {NETWORK_PEER_ADDRESS: host}
+        if port:
+            attributes[NETWORK_PEER_PORT] = port
+        return attributes
+
     # --- publish -----------------------------------------------------------------------------------
 
     def on_publish(self, publish: OutgoingPublish) -> None:
@@ -587,16 +749,20 @@ class OpenTelemetryMiddleware(Middleware):
                 links = [Link(creation)]
         attributes = dict(destination.span_attributes)
         self._message_attributes(attributes, headers, publish.body_size, None)
+        peer = self._peer(publish.client)
+        if peer is not None:
+            attributes.update(peer)
         start = _time_ns()
-        span = self._start_span(
-            destination, ctx, SpanKind.PRODUCER, attributes, links, start, self.publish_hook, publish
-        )
+        # PRODUCER when the span's context becomes the message's creation context, else CLIENT.
+        kind = SpanKind.CLIENT if custom else SpanKind.PRODUCER
+        span = self._start_span(destination, ctx, kind, attributes, links, start, self.publish_hook, publish)
         if not custom:
             if span.get_span_context().is_valid:
                 propagator.inject(headers, context=_trace.set_span_in_context(span, ctx), setter=_setter)
             elif ctx:
                 propagator.inject(headers, context=ctx, setter=_setter)
-        publish.context[self] = _Operation(span, start, destination)
+        operation = publish.context[self] = _Operation(span, start, destination)
+        operation.peer = peer
 
     def on_publish_done(self, publish: OutgoingPublish, result: Any) -> None:
         operation = publish.context.pop(self, None)
@@ -605,11 +771,17 @@ class OpenTelemetryMiddleware(Middleware):
         end = _time_ns()
         destination = operation.destination
         span = operation.span
+        if span is not None and span.is_recording():
+            # The broker that settled it: another one when recovery sent the message again.
+            peer = self._peer(publish.client, fallback=False)
+            if peer is not None and peer is not operation.peer:
+                span.set_attributes(peer)
         if result.is_error:
             exc = result.exception
             error_type = _error_type(exc)
             self._fail(span, exc, error_type)
             duration_attributes, count_attributes = destination.failed(error_type)
+            self._exception_event(SEND_EXCEPTION, exc, span, end)
         else:
             duration_attributes = destination.duration_attributes
             count_attributes = destination.count_attributes
@@ -698,6 +870,7 @@ class OpenTelemetryMiddleware(Middleware):
             error_type = _error_type(exc)
             self._fail(operation.span, exc, error_type)
             attributes = destination.failed(error_type)[1]
+            self._exception_event(PROCESS_EXCEPTION, exc, operation.span, end)
         else:
             attributes = destination.count_attributes
         if operation.span is not None:
@@ -743,8 +916,17 @@ class OpenTelemetryMiddleware(Middleware):
             if tag is not None:
                 attributes[DELIVERY_TAG] = tag
             headers = message.get("headers")
-            if headers and headers.get("message_id") is not None:
-                attributes[MESSAGE_ID] = _text(headers["message_id"])
+            if headers:
+                message_id = headers.get("message_id")
+                if message_id is not None:
+                    attributes[MESSAGE_ID] = _text(message_id)
+                correlation_id = headers.get("correlation_id")
+                if correlation_id is not None:
+                    attributes[CONVERSATION_ID] = _text(correlation_id)
+            if client is not None:
+                peer = self._peer(client)
+                if peer is not None:
+                    attributes.update(peer)
             span = self._start_span(
                 destination, parent, SpanKind.CLIENT, attributes, links, start, self.settle_hook, delivery
             )
@@ -765,10 +947,12 @@ class OpenTelemetryMiddleware(Middleware):
         destination = self._consume_destination(get.client, "receive", "", "", get.queue)
         start = _time_ns()
         span = None
+        attributes = destination.span_attributes
         if tracing:
-            span = self._start_span(
-                destination, ctx, SpanKind.CLIENT, destination.span_attributes, None, start, None, get
-            )
+            peer = self._peer(get.client)
+            if peer is not None:
+                attributes = {**attributes, **peer}
+            span = self._start_span(destination, ctx, SpanKind.CLIENT, attributes, None, start, None, get)
         get.context[self] = _Operation(span, start, destination)
 
     def on_get_done(self, get: GetOperation, result: Any) -> None:
@@ -783,6 +967,7 @@ class OpenTelemetryMiddleware(Middleware):
             error_type = _error_type(exc)
             self._fail(span, exc, error_type)
             duration_attributes = destination.failed(error_type)[0]
+            self._exception_event(RECEIVE_EXCEPTION, exc, span, _time_ns())
         elif not result.get("empty"):
             self._consumed_messages.add(1, destination.count_attributes)
             if span is not None and span.is_recording():
@@ -851,6 +1036,7 @@ class OpenTelemetryMiddleware(Middleware):
         if outage is not None:
             outage.set_status(Status(StatusCode.ERROR, "not recovered"))
             outage.end()
+        self._peers.pop(id(client), None)
         open_ = self._open.pop(id(client), None)
         if open_:
             for operation in list(open_.values()):
