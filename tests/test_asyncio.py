@@ -118,7 +118,7 @@ def test_other_tasks_run_while_waiting(amqp_url):
 
 def test_connection_loss_fails_awaiting_promises(proxy):
     async def main():
-        client = puka.asyncio.Client(proxy.url)
+        client = puka.asyncio.Client(proxy.url, recovery=False)  # fail-fast: the loss fails the promises
         await client.connect_async()
         queue = (await client.wait_async(client.queue_declare(exclusive=True)))["queue"]
         consume = client.basic_consume(queue=queue, no_ack=True)

@@ -97,7 +97,7 @@ def heartbeat_offered(recorder):
 def test_heartbeat_is_negotiated(amqp_url, monkeypatch):
     clock = install_client_clock(monkeypatch)
     recorder = FrameRecorder()
-    client = puka.Client(amqp_url, heartbeat=3, middleware=[recorder])
+    client = puka.Client(amqp_url, heartbeat=3, middleware=[recorder], recovery=False)  # fail-fast: it gives up
     client.wait(client.connect())
     (tune,) = [f.method for f in recorder.frames if f.name == "connection.tune"]
     assert tune["heartbeat"] > 3  # RabbitMQ proposes 60: the smaller value wins

@@ -126,7 +126,7 @@ def outcome(result):
 
 
 def test_cut_during_pipelined_publishes_resolves_every_promise_once(proxy, client, queue):
-    publisher = connect(proxy.url)
+    publisher = connect(proxy.url, recovery=False)  # fail-fast: the cut ends every promise
     # Slow the upstream a little so that the cut finds publishes at every stage: confirmed,
     # sent but unconfirmed, in the proxy, in the kernel buffers and still in puka's buffer.
     proxy.throttle(400_000, "up")
@@ -179,7 +179,7 @@ def test_stalled_peer_is_dead_after_two_silent_heartbeat_intervals(proxy, monkey
     clock = install_transport_clock(monkeypatch)
     heartbeat = 1
     recorder = FrameRecorder()
-    client = connect(proxy.url, heartbeat=heartbeat, middleware=[recorder])
+    client = connect(proxy.url, heartbeat=heartbeat, middleware=[recorder], recovery=False)
     assert negotiated_heartbeat(recorder) == heartbeat
     q = client.wait(client.queue_declare(exclusive=True))["queue"]
     consume = client.basic_consume(queue=q)
@@ -268,7 +268,7 @@ def test_close_on_a_stalled_peer_returns_once_heartbeats_give_up(proxy, monkeypa
 def test_publish_blocked_in_push_back_still_notices_a_dead_peer(proxy, monkeypatch):
     clock = install_transport_clock(monkeypatch)
     recorder = FrameRecorder()
-    client = connect(proxy.url, heartbeat=1, middleware=[recorder])
+    client = connect(proxy.url, heartbeat=1, middleware=[recorder], recovery=False)
     client.wait(client.basic_publish(exchange="", routing_key="nowhere", body=b"ready"), timeout=10)
     proxy.stall()
     body = b"p" * (1024 * 1024)
@@ -353,7 +353,7 @@ def rabbitmqctl(*args):
 
 
 def test_broker_forced_close_fails_outstanding_promises_with_its_reason(amqp_url, name):
-    client = connect(amqp_url, client_properties={"connection_name": name})
+    client = connect(amqp_url, client_properties={"connection_name": name}, recovery=False)
     q = client.wait(client.queue_declare(exclusive=True))["queue"]
     consumes = [client.basic_consume(queue=q, prefetch_count=1) for _ in range(2)]
     assert client.wait(consumes, timeout=0.3) is None
@@ -456,7 +456,7 @@ BAD_CONFIRMS = {
 @pytest.mark.parametrize("case", sorted(BAD_CONFIRMS))
 def test_unknown_or_duplicate_confirms_break_the_connection_and_resolve_nothing_wrongly(fake, case):
     frames, confirmed = BAD_CONFIRMS[case]
-    client = connect(fake.url)
+    client = connect(fake.url, recovery=False)
     publishes = [client.basic_publish(exchange="", routing_key="q", body=b"m%d" % i) for i in range(1, 5)]
     consume = client.basic_consume(queue="q")
     assert pump(client, lambda: fake.count("basic.publish") >= 4 and fake.count("basic.consume") >= 1)
@@ -636,7 +636,7 @@ def test_broker_closing_an_idle_pooled_channel_does_not_break_the_connection(fak
 
 def test_unacked_deliveries_are_redelivered_after_a_cut(proxy, client, queue):
     client.wait_for_all([client.basic_publish(exchange="", routing_key=queue, body=b"%d" % i) for i in range(12)])
-    consumer = connect(proxy.url)
+    consumer = connect(proxy.url, recovery=False)  # puka does not reconnect: a new client consumes
     consume = consumer.basic_consume(queue=queue, prefetch_count=10)
     held = [consumer.wait(consume, timeout=5) for _ in range(10)]
     assert all(m is not None and m["redelivered"] is False for m in held)
@@ -705,10 +705,12 @@ def test_one_byte_slices_change_nothing(proxy, name):
     assert sum(1 for n in reads if n < 7) > len(reads) / 4, collections.Counter(reads).most_common(5)
 
 
-def test_a_server_that_says_nothing_fails_connect_at_the_connection_timeout(monkeypatch):
+@pytest.mark.parametrize("mode", [{"recovery": False}, {}], ids=["recovery=False", "default"])
+def test_a_server_that_says_nothing_fails_connect_at_the_connection_timeout(monkeypatch, mode):
+    # A first connect fails the same way with recovery (docs/reliability.rst: it tries every host once).
     clock = install_client_clock(monkeypatch)  # the connect deadline is the client's: fake too
     with FakeServer(silent=True) as server:
-        client = puka.Client(server.url, connection_timeout=1)
+        client = puka.Client(server.url, connection_timeout=1, **mode)
         connect_promise = client.connect()
         assert pump(client, server.connected.is_set, timeout=10)
         clock.advance(1 - 0.01)
@@ -728,7 +730,7 @@ def test_a_server_that_says_nothing_fails_connect_at_the_connection_timeout(monk
 
 
 def test_publishing_into_a_stopped_upstream_keeps_memory_bounded(proxy):
-    client = connect(proxy.url)
+    client = connect(proxy.url, recovery=False)
     client.wait(client.basic_publish(exchange="", routing_key="nowhere", body=b"ready"), timeout=5)
     proxy.throttle(0, "up")
     body = b"k" * 1024
@@ -755,7 +757,7 @@ def test_publishing_into_a_stopped_upstream_keeps_memory_bounded(proxy):
 
 
 def test_publishing_past_the_high_water_mark_blocks_until_the_connection_breaks(proxy):
-    client = connect(proxy.url)
+    client = connect(proxy.url, recovery=False)
     client.wait(client.basic_publish(exchange="", routing_key="nowhere", body=b"ready"), timeout=5)
     proxy.throttle(0, "up")
     high_water = puka.client.PUBLISH_HIGH_WATER
@@ -784,7 +786,7 @@ def test_publishing_past_the_high_water_mark_blocks_until_the_connection_breaks(
 def test_publishes_waiting_for_the_publish_channel_are_bounded_too():
     with FakeServer() as server:
         server.on("confirm.select", lambda srv, channel, meth: None, replace=True)  # never ready
-        client = connect(server.url)
+        client = connect(server.url, recovery=False)
         assert pump(client, lambda: server.count("confirm.select") == 1)
         high_water = puka.client.PUBLISH_HIGH_WATER
         promises = []
@@ -834,7 +836,7 @@ LEAK_SCRIPT = textwrap.dedent(
         client.wait(client.close(), timeout=10)
 
     def forced(proxy, i):
-        client = puka.Client(proxy.url)
+        client = puka.Client(proxy.url, recovery=False)
         down = proxy.bytes_down
         number = client.connect()
         if i % 3 == 0:
@@ -891,7 +893,7 @@ def test_proxy_itself_leaks_no_thread_or_fd(amqp_url):
 
     fds, threads = fd_count(), threading.active_count()
     with proxy_for(amqp_url) as proxy:
-        client = connect(proxy.url)
+        client = connect(proxy.url, recovery=False)
         client.wait(client.queue_declare(exclusive=True), timeout=5)
         proxy.stall()
         proxy.resume()

@@ -7,6 +7,9 @@ it (no timer is armed: nothing else could end the wait) and fail every
 outstanding promise with :class:`puka.ConnectionBroken` -- exactly that class,
 or exactly its subclass ``FrameTooLarge`` for what is too large -- never hang,
 never raise anything else, never allocate what a hostile size field asks for.
+
+That is the fail-fast behaviour (``Client(recovery=False)``, docs/reliability.rst,
+"Connection errors"): by default a protocol violation starts a recovery instead.
 """
 
 from __future__ import annotations
@@ -162,13 +165,17 @@ def _param(name):
 
 @pytest.fixture
 def setup():
-    """A client on a FakeServer with a publish in flight (channel 1) and a consumer (channel 2)."""
+    """A client on a FakeServer with a publish in flight (channel 1) and a consumer (channel 2).
+
+    ``recovery`` is the client's: False for the tests of what a violation does to the promises
+    (fail-fast; by default a protocol violation would start a recovery instead).
+    """
     made = []
 
-    def make(**client_kwargs):
+    def make(recovery, **client_kwargs):
         server = FakeServer()
         made.append(server)
-        client = puka.Client(server.url, **client_kwargs)
+        client = puka.Client(server.url, recovery=recovery, **client_kwargs)
         client.wait(client.connect(), timeout=5)
         publish = client.basic_publish(exchange="", routing_key="q", body=b"in flight")
         consume = client.basic_consume(queue="q", consumer_tag=CONSUMER_TAG)
@@ -206,13 +213,13 @@ def expect_broken(server, client, promises, data, expected):
 
 @pytest.mark.parametrize("name,data,expected", [_param(name) for name in CASES])
 def test_malformed_input_breaks_the_connection(setup, name, data, expected):
-    server, client, promises = setup()
+    server, client, promises = setup(recovery=False)
     expect_broken(server, client, promises, data, expected)
 
 
 @pytest.mark.parametrize("split", [1, 3, 7])
 def test_malformed_input_sliced_into_small_writes_still_breaks_the_connection(setup, split):
-    server, client, promises = setup()
+    server, client, promises = setup(recovery=False)
     data = deliver() + header_frame(2, 3) + body_frame(2, b"hello")
     server.send(data[:-split])
     assert client.wait(promises[1], timeout=0.1) is None  # incomplete: nothing decided yet
@@ -220,7 +227,7 @@ def test_malformed_input_sliced_into_small_writes_still_breaks_the_connection(se
 
 
 def test_a_frame_header_declaring_four_gib_is_never_allocated(setup):
-    server, client, promises = setup()
+    server, client, promises = setup(recovery=False)
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]
@@ -233,7 +240,7 @@ def test_a_frame_header_declaring_four_gib_is_never_allocated(setup):
 
 
 def test_a_message_above_a_small_max_message_size_is_refused_at_its_header(setup):
-    server, client, promises = setup(max_message_size=1000)
+    server, client, promises = setup(recovery=False, max_message_size=1000)
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]
@@ -246,7 +253,7 @@ def test_a_message_above_a_small_max_message_size_is_refused_at_its_header(setup
 
 
 def test_a_message_at_a_small_max_message_size_is_accepted(setup):
-    server, client, (publish, consume) = setup(max_message_size=1000)
+    server, client, (publish, consume) = setup(recovery=True, max_message_size=1000)
     body = bytes(range(256)) * 3 + b"x" * 232
     server.send(deliver() + header_frame(2, 1000) + body_frame(2, body[:600]) + body_frame(2, body[600:]))
     msg = client.wait(consume, timeout=1)
@@ -254,7 +261,7 @@ def test_a_message_at_a_small_max_message_size_is_accepted(setup):
 
 
 def test_a_200_mib_message_under_the_default_limit_is_refused_without_allocating_it(setup):
-    server, client, promises = setup()
+    server, client, promises = setup(recovery=False)
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]

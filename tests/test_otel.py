@@ -265,7 +265,7 @@ def test_nacked_publish_is_publish_nacked(otel, traced, name):
 
 
 def test_broken_connection_ends_publish_spans_in_flight(proxy, otel, name):
-    client = connect(proxy.url, otel.middleware())
+    client = connect(proxy.url, otel.middleware(), recovery=False)  # fail-fast: the cut fails the publishes
     client.wait(client.queue_declare(queue=name, exclusive=True))
     promises = [client.basic_publish(exchange="", routing_key=name, body=b"x") for _ in range(3)]
     proxy.cut()  # before anything is read (or even written): the broker cannot have confirmed them

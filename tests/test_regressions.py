@@ -136,7 +136,8 @@ def frame_sizes(data: bytes) -> list[int]:
 
 def test_a_frame_over_the_negotiated_frame_max_breaks_the_connection_with_frame_too_large(fake_server_factory):
     server = fake_server_factory(frame_max=8192)
-    client = puka.Client(server.url)  # offers 131072: the smaller, 8192, wins
+    # Fail-fast (recovery=False): what the oversized frame does to the promises is what is tested.
+    client = puka.Client(server.url, recovery=False)  # offers 131072: the smaller, 8192, wins
     client.wait(client.connect(), timeout=10)
     assert client.frame_max == 8192
     tune_ok = [fields for _ch, n, fields in server.received if n == "connection.tune-ok"]
@@ -374,7 +375,7 @@ def test_heartbeat_sent_after_half_an_interval_and_peer_dead_after_two_silent_in
 ):
     clock = seam.install_client_clock(monkeypatch)
     server = fake_server_factory(heartbeat=10)
-    client = puka.Client(server.url, heartbeat=10)
+    client = puka.Client(server.url, heartbeat=10, recovery=False)  # fail-fast: the dead peer fails the promise
     result_of(client, client.connect())
     tune_ok = [fields for _ch, n, fields in server.received if n == "connection.tune-ok"]
     assert [fields["heartbeat"] for fields in tune_ok] == [10]
@@ -471,12 +472,10 @@ def test_a_connection_close_from_the_broker_fails_pending_promises_and_is_answer
     fake_server_factory,
 ):
     server = fake_server_factory()
-    # This test is about the close-ok answer, not about what comes after it.  puka.Client has
-    # no ``recovery`` option yet (puka does not reconnect by itself, docs/reliability.rst); if
-    # automatic recovery is added, build this client with it turned off (e.g. recovery=False),
-    # so that it does not reconnect to the fake server after the 320.  Nothing below depends
-    # on whether it reconnects.
-    client = puka.Client(server.url)
+    # This test is about the close-ok answer and what the promises fail with: fail-fast
+    # (recovery=False), so that the client does not reconnect to the fake server after the 320
+    # (by default a 320 CONNECTION_FORCED starts a recovery, docs/reliability.rst).
+    client = puka.Client(server.url, recovery=False)
     client.wait(client.connect(), timeout=10)
     publish = client.basic_publish(exchange="", routing_key="q", body=b"unconfirmed")  # never acked here
     consume = client.basic_consume(queue="q")  # consume-ok, then nothing delivered
@@ -494,12 +493,6 @@ def test_a_connection_close_from_the_broker_fails_pending_promises_and_is_answer
     assert server.count("connection.close-ok") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="puka bug: the broker's connection.close is read, then writing the close-ok fails on the reset "
-    "socket, and that ConnectionBroken reaches the promises before the broker's ConnectionForced "
-    "(Session._on_connection_close flushes the transport before on_broken(exc))",
-)
 def test_the_brokers_connection_close_is_what_promises_fail_with_even_when_a_reset_follows_it(
     fake_server_factory,
 ):
@@ -508,7 +501,7 @@ def test_the_brokers_connection_close_is_what_promises_fail_with_even_when_a_res
     docs/reliability.rst: every pending promise fails "with the broker's error when it gave one".
     """
     server = fake_server_factory()
-    client = puka.Client(server.url)  # no reconnection to expect: see the test above
+    client = puka.Client(server.url, recovery=False)  # fail-fast, no reconnection: see the test above
     client.wait(client.connect(), timeout=10)
     consume = client.basic_consume(queue="q")
     assert run_until(client, lambda: server.count("basic.consume") == 1)
