@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Publish until every message is confirmed, with a new connection after each failure.
 
-puka does not reconnect by itself: when the connection goes, the publishes in
-flight fail, and whether the broker got them is unknown.  This loop makes a new
-client and republishes what was not confirmed, so every message arrives at
-least once -- some maybe twice.
+With ``recovery=False`` puka does not reconnect by itself: when the connection
+goes, the publishes in flight fail, and whether the broker got them is unknown.
+This loop makes a new client and republishes what was not confirmed, so every
+message arrives at least once -- some maybe twice.  (By default, the client
+recovers and republishes by itself: see docs/reliability.rst.)
 
     AMQP_URL=amqp://guest:guest@localhost/ python examples/publish_reliably.py [COUNT [QUEUE]]
 """
@@ -21,7 +22,7 @@ def publish_reliably(url, queue, bodies):
     pending = list(bodies)
     connections = 0
     while pending:
-        client = puka.Client(url, connection_timeout=5)
+        client = puka.Client(url, connection_timeout=5, recovery=False)
         connections += 1
         try:
             client.wait(client.connect())

@@ -36,6 +36,10 @@ DOCS = os.path.join(ROOT, "docs")
 #: What the broker says, for every wait on it: generous, never a measure of speed.
 PATIENCE = 30
 
+#: A failed first connect fails the same way with or without recovery (docs/reliability.rst, "Recovery":
+#: the first connect() tries every host once and fails fast): the fail-fast client and the default one.
+EITHER_MODE = pytest.mark.parametrize("mode", [{"recovery": False}, {}], ids=["recovery=False", "default"])
+
 
 def connect(url, **kwargs):
     client = puka.Client(url, **kwargs)
@@ -245,35 +249,41 @@ def test_publishing_to_more_than_128_exchanges_shares_the_default_exchanges_chan
     assert queue_state(client, queue)["message_count"] == 0
 
 
-def test_known_problem_a_shared_publish_channel_sends_to_the_first_exchange_used_with_a_routing_key(
-    amqp_url, client, queue, exchanges
-):
-    # Documented in docs/reliability.rst (publish channels): on the shared channel 1, a publish goes to the
-    # exchange of the first publish made there with the same routing key (and mandatory flag).
-    publisher = connect(amqp_url, middleware=[FrameRecorder()])
+def test_a_shared_publish_channel_sends_each_publish_to_its_own_exchange(amqp_url, client, queue, exchanges):
+    # On the shared channel 1, publishes with the same routing key (and mandatory flag) to different
+    # exchanges each go to their own exchange (puka once sent them to the first exchange used there).
+    recorder = FrameRecorder()
+    publisher = connect(amqp_url, middleware=[recorder])
     try:
         publish_to_each(publisher, exchanges[:127])  # every publish channel of its own is taken
+        mark = len(recorder.frames)
         promises = [
             publisher.basic_publish(exchange=exchanges[127], routing_key="k", body=b"to 127"),
             publisher.basic_publish(exchange=exchanges[128], routing_key="k", body=b"to 128"),
             publisher.basic_publish(exchange="", routing_key=queue, body=b"to the default exchange"),
-            # exchanges[129] has no binding for this key: published to it, this would be dropped.
+            # exchanges[129] has no binding for this key: the broker confirms it and drops it.
             publisher.basic_publish(exchange=exchanges[129], routing_key=queue, body=b"to 129"),
         ]
         assert publisher.wait_for_all(promises) == [{}] * 4
+        sent = [
+            (f.method["exchange"], f.method["routing_key"], f.channel)
+            for _, f in out_frames(recorder, "basic.publish", mark)
+        ]
+        assert sent == [(exchanges[127], "k", 1), (exchanges[128], "k", 1), ("", queue, 1), (exchanges[129], queue, 1)]
+        # Behind them on the same channel, once they are all confirmed (so all in the queue already).
+        sentinel = publisher.basic_publish(exchange="", routing_key=queue, body=b"sentinel")
+        assert publisher.wait(sentinel, timeout=PATIENCE) == {}
     finally:
         publisher.wait(publisher.close(), timeout=PATIENCE)
     consume = client.basic_consume(queue=queue, prefetch_count=200, no_ack=True)
     arrived = [(m["body"], m["exchange"]) for m in take(client, consume, 127 + 4)][127:]
     client.wait(client.basic_cancel(consume), timeout=PATIENCE)
-    assert sorted(arrived) == sorted(
-        [
-            (b"to 127", exchanges[127]),
-            (b"to 128", exchanges[127]),  # not exchanges[128]
-            (b"to the default exchange", ""),
-            (b"to 129", ""),  # not exchanges[129]
-        ]
-    )
+    assert arrived == [
+        (b"to 127", exchanges[127]),
+        (b"to 128", exchanges[128]),
+        (b"to the default exchange", ""),
+        (b"sentinel", ""),  # not "to 129": it went to exchanges[129], where no binding took it
+    ]
     assert queue_state(client, queue)["message_count"] == 0
 
 
@@ -438,18 +448,15 @@ def test_known_problem_deliveries_sent_after_a_consume_channel_closed_drop_the_c
     # Documented in docs/reliability.rst (channel errors): RabbitMQ closes the channel at the missing queue,
     # then sends the deliveries of the first consumer on it; puka takes them for a protocol violation.
     client.wait_for_all([client.basic_publish(exchange="", routing_key=queue, body=b"%d" % i) for i in range(10)])
-    consume = client.basic_consume_multi([queue, name + "-missing"], prefetch_count=10)
+    consumer = connect(amqp_url, recovery=False)  # fail-fast: by default the violation starts a recovery
+    consume = consumer.basic_consume_multi([queue, name + "-missing"], prefetch_count=10)
     with pytest.raises(puka.NotFound) as info:
-        client.wait(consume, timeout=PATIENCE)
+        consumer.wait(consume, timeout=PATIENCE)
     assert info.value.method_name == "basic.consume"
     with pytest.raises(puka.ConnectionBroken, match="protocol violation by the broker: frame of type 1 on channel"):
-        client.wait(client.queue_declare(queue=queue, passive=True), timeout=PATIENCE)
-    other = connect(amqp_url)
-    try:  # the broker requeued the deliveries when the connection went
-        assert wait_until(lambda: queue_state(other, queue)["message_count"] == 10, timeout=PATIENCE)
-        other.wait(other.queue_delete(queue=queue), timeout=PATIENCE)
-    finally:
-        other.wait(other.close(), timeout=PATIENCE)
+        consumer.wait(consumer.queue_declare(queue=queue, passive=True), timeout=PATIENCE)
+    # The broker requeued the deliveries when the connection went.
+    assert wait_until(lambda: queue_state(client, queue)["message_count"] == 10, timeout=PATIENCE)
 
 
 def test_async_iteration_over_a_consume_raises_consumer_cancelled(amqp_url, name):
@@ -495,7 +502,7 @@ def test_loop_drops_the_results_of_promises_without_a_callback(client, queue):
 def test_no_ack_messages_not_yet_handled_are_lost_with_the_connection(amqp_url, client, queue):
     params = puka.parse_amqp_url(amqp_url)
     with Proxy((params.host, params.port), params.vhost, params.username, params.password) as proxy:
-        consumer = connect(proxy.url)
+        consumer = connect(proxy.url, recovery=False)  # fail-fast: the cut ends the consume
         consume = consumer.basic_consume(queue=queue, no_ack=True)
         deadline = time.monotonic() + PATIENCE
         while queue_state(client, queue)["consumer_count"] != 1:
@@ -559,10 +566,11 @@ PROTOCOL_HEADERS = {
 }
 
 
+@EITHER_MODE
 @pytest.mark.parametrize("answer", sorted(PROTOCOL_HEADERS))
-def test_a_server_answering_with_a_protocol_header_fails_the_connect_promise(answer):
+def test_a_server_answering_with_a_protocol_header_fails_the_connect_promise(answer, mode):
     with FakeServer(silent=True) as server:
-        client = puka.Client(server.url)
+        client = puka.Client(server.url, **mode)
         promise = client.connect()
         assert server.connected.wait(PATIENCE)
         server.send(PROTOCOL_HEADERS[answer])
@@ -572,9 +580,10 @@ def test_a_server_answering_with_a_protocol_header_fails_the_connect_promise(ans
     assert server.error is None
 
 
-def test_a_server_announcing_another_amqp_version_fails_the_connect_promise():
+@EITHER_MODE
+def test_a_server_announcing_another_amqp_version_fails_the_connect_promise(mode):
     with FakeServer(version=(0, 8)) as server:
-        client = puka.Client(server.url)
+        client = puka.Client(server.url, **mode)
         with pytest.raises(puka.ConnectionBroken, match="protocol violation.*AMQP 0-8"):
             client.wait(client.connect(), timeout=PATIENCE)
         assert server.client_closed.wait(PATIENCE)
@@ -591,17 +600,19 @@ def test_a_server_announcing_another_amqp_version_fails_the_connect_promise():
     ids=["unresolvable", "refused"],
 )
 @pytest.mark.timeout(60)
-def test_a_refused_or_unresolvable_address_fails_the_connect_promise_at_once(url, error):
-    client = puka.Client(url, connection_timeout=3600)
+@EITHER_MODE
+def test_a_refused_or_unresolvable_address_fails_the_connect_promise_at_once(url, error, mode):
+    client = puka.Client(url, connection_timeout=3600, **mode)
     promise = client.connect()
     with pytest.raises(puka.ConnectionBroken) as info:
         client.wait(promise)
     assert str(info.value).startswith(error)
 
 
-def test_a_server_that_never_answers_fails_the_connect_promise_at_the_connection_timeout():
+@EITHER_MODE
+def test_a_server_that_never_answers_fails_the_connect_promise_at_the_connection_timeout(mode):
     with FakeServer(silent=True) as server:
-        client = puka.Client(server.url, connection_timeout=0.5)
+        client = puka.Client(server.url, connection_timeout=0.5, **mode)
         promise = client.connect()
         with pytest.raises(puka.ConnectionBroken) as info:
             client.wait(promise)  # no timeout of its own: the connection timeout ends it
@@ -632,13 +643,14 @@ def test_close_gives_up_on_a_broker_that_does_not_answer_and_resolves_all_the_sa
     "how,error,code",
     [("wrong password", puka.AccessRefused, 403), ("unknown vhost", puka.NotAllowed, 530)],
 )
-def test_the_broker_refusing_the_connection_fails_the_connect_promise_with_its_error(amqp_url, how, error, code):
+@EITHER_MODE
+def test_the_broker_refusing_the_connection_fails_the_connect_promise_with_its_error(amqp_url, how, error, code, mode):
     params = puka.parse_amqp_url(amqp_url)
     if how == "wrong password":
         url = "amqp://%s:wrong-secret@%s:%d/" % (params.username, params.host, params.port)
     else:
         url = "amqp://%s:%s@%s:%d/puka-no-such-vhost" % (params.username, params.password, params.host, params.port)
-    client = puka.Client(url)
+    client = puka.Client(url, **mode)
     with pytest.raises(error) as info:
         client.wait(client.connect(), timeout=PATIENCE)
     assert info.value.reply_code == code
@@ -656,15 +668,26 @@ def tune_frames(recorder):
     return tune.method, tune_ok.method
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"heartbeat": 0}], ids=["default", "heartbeat=0"])
-def test_heartbeats_are_off_by_default_whatever_the_broker_proposes(amqp_url, kwargs):
+@pytest.mark.parametrize(
+    "kwargs,used",
+    [
+        ({}, 60),
+        ({"heartbeat": 0}, 60),
+        ({"recovery": puka.Recovery()}, 60),
+        ({"recovery": False}, 0),
+        ({"recovery": False, "heartbeat": 0}, 0),
+    ],
+    ids=["default", "heartbeat=0", "recovery=Recovery()", "recovery=False", "recovery=False,heartbeat=0"],
+)
+def test_heartbeats_default_to_the_brokers_proposal_with_recovery_and_to_off_without(amqp_url, kwargs, used):
     recorder = FrameRecorder()
     client = connect(amqp_url, middleware=[recorder], **kwargs)
     client.wait(client.close(), timeout=PATIENCE)
     tune, tune_ok = tune_frames(recorder)
     assert tune["heartbeat"] == 60  # RabbitMQ's default proposal
-    assert tune_ok["heartbeat"] == 0
-    assert "heartbeat" not in recorder.names()
+    assert tune_ok["heartbeat"] == used  # with recovery, the broker's; without, off whatever it proposes
+    if not used:
+        assert "heartbeat" not in recorder.names()
 
 
 def with_heartbeat_query(url, seconds):
@@ -695,7 +718,7 @@ def broker_has_connection(connection_name):
 
 
 def test_a_client_not_called_for_longer_than_the_broker_allows_finds_out_on_its_next_call(amqp_url, name):
-    client = connect(amqp_url, heartbeat=1, client_properties={"connection_name": name})
+    client = connect(amqp_url, heartbeat=1, client_properties={"connection_name": name}, recovery=False)
     assert broker_has_connection(name)
     # Nothing calls into the client: it sends no heartbeat, and the broker gives up on it.
     assert wait_until(lambda: not broker_has_connection(name), timeout=PATIENCE, interval=0.2)
@@ -727,7 +750,7 @@ QUIET_SCRIPT = textwrap.dedent(
         assert isinstance(result.exception, puka.CommandInvalid), result
         # Blocked and unblocked (RabbitMQ blocks only under a resource alarm), then a protocol violation.
         with FakeServer() as server:
-            client = puka.Client(server.url)
+            client = puka.Client(server.url, recovery=False)  # by default the violation starts a recovery
             client.wait(client.connect())
             server.send(
                 method(0, "connection.blocked", reason="low on memory"),
