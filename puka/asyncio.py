@@ -193,7 +193,12 @@ class Client(_client.Client):
         self._timer = loop.call_later(max(delay, 0.001), self._on_timer)
 
     def _dispatch(self) -> None:
-        """Hand results over: callbacks run, awaiting futures resolve, the rest waits."""
+        """Hand results over: callbacks run, awaiting tasks are woken, the rest waits.
+
+        A woken task takes its result itself when it resumes (see wait_async): a task
+        cancelled before it resumes leaves the result to the next waiter, as
+        ``asyncio.Queue.get`` does.
+        """
         ready = self._table.ready
         if not ready:
             return
@@ -207,15 +212,17 @@ class Client(_client.Client):
                 self._run_callback(promise)
                 continue
             futures = waiters.get(promise.number)
-            while futures and promise.results:
+            woken = False
+            while futures:
                 future = futures.pop(0)
                 if not future.done():
-                    future.set_result(self._deliver(promise, raise_errors=False))
+                    future.set_result(None)
+                    woken = True
                     break
-            else:
-                kept.append(promise)
             if not futures:
                 waiters.pop(promise.number, None)
+            if not woken:
+                kept.append(promise)
         ready.extend(kept)
         self._wake_finished()
 
@@ -233,32 +240,50 @@ class Client(_client.Client):
     # --- awaiting -------------------------------------------------------------------------------
 
     async def wait_async(self, promise: int, timeout: float | None = None, raise_errors: bool = True) -> Any:
-        """The promise's result, once it has one.  None when ``timeout`` seconds pass first."""
+        """The promise's result, once it has one.  None when ``timeout`` seconds pass first.
+
+        The result is taken when the awaiting task resumes: cancelling the task
+        never loses it (the next waiter, or the next call, gets it).
+        """
         found = self._lookup(promise)
         if found.results:
             return self._deliver(found, raise_errors)
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiters.setdefault(promise, []).append(future)
-        self._dispatch()
-        try:
-            if timeout is None:
-                result = await future
-            else:
-                result = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            future.cancel()
-            return None
-        finally:
-            futures = self._waiters.get(promise)
-            if futures is not None and future in futures:
-                futures.remove(future)
-                if not futures:
-                    del self._waiters[promise]
-        if raise_errors and result.is_error:
-            raise result.exception.with_traceback(None)
-        return result
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        waiters = self._waiters
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            waiters.setdefault(promise, []).append(future)
+            self._dispatch()
+            try:
+                if deadline is None:
+                    await future
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining > 0:
+                        await asyncio.wait((future,), timeout=remaining)
+                    if not future.done():
+                        return None
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    # Woken for a result, cancelled before taking it: it waits for the next taker.
+                    self._table.ready.append(found)
+                    loop.call_soon(self._dispatch)
+                raise
+            finally:
+                futures = waiters.get(promise)
+                if futures is not None and future in futures:
+                    futures.remove(future)
+                    if not futures:
+                        del waiters[promise]
+            future.result()  # PromiseFinished: the promise ended without a result for this waiter
+            if found.results:
+                return self._deliver(found, raise_errors)
+            if promise not in self._table.promises:
+                raise PromiseFinished(promise)
+            # Another taker was first (a callback set meanwhile, another task): wait again.
 
     async def wait_all_async(self, promises: Iterable[int], raise_errors: bool = True) -> list[Any]:
         """The results of several promises, in order."""

@@ -463,21 +463,34 @@ class Client:
     def run_any_callbacks(self) -> None:
         """Run the callbacks of every promise that has a result (never blocks, never raises them).
 
-        Results of promises that have no callback are taken and dropped.
+        Results of promises that have no callback are taken and dropped.  Acks
+        given so far are written before each callback and before it returns.
         """
+        self._run_callbacks(False)
+
+    def _run_callbacks(self, stop_at_break: bool) -> None:
+        """run_any_callbacks; ``stop_at_break``: return after the callback that called loop_break()."""
         table = self._table
         ready = table.ready
         take = table.take
         chain = self._chain
-        while ready:
-            promise = ready.popleft()
-            if not promise.results:
-                continue
-            result = take(promise)
-            if chain is not None and promise.callback is not None and _is_message(result):
-                self._run_observed_callback(promise, result)
-            elif promise.callback is not None:
-                promise.callback(promise.number, result)
+        try:
+            while ready:
+                promise = ready.popleft()
+                if not promise.results:
+                    continue
+                result = take(promise)
+                if self._consuming.pending_acks:
+                    self._core.flush()  # the acks given so far go out before the application works again
+                if chain is not None and promise.callback is not None and _is_message(result):
+                    self._run_observed_callback(promise, result)
+                elif promise.callback is not None:
+                    promise.callback(promise.number, result)
+                if stop_at_break and self._loop_break:
+                    return
+        finally:
+            if self._consuming.pending_acks:
+                self._core.flush()
 
     def _lookup(self, number: int) -> Promise:
         promise = self._table.promises.get(number)
@@ -491,8 +504,10 @@ class Client:
         """Run the event loop until one of the promises has a result; return it.
 
         Runs that promise's callback, if any.  Returns None when ``timeout``
-        (seconds) passes first.  An error result is raised unless
-        ``raise_errors`` is False, in which case it is returned.
+        (seconds) passes first; ``timeout=0`` polls the network once without
+        blocking (reads what is there, writes what the socket takes).  An error
+        result is raised unless ``raise_errors`` is False, in which case it is
+        returned.  Acks given before are written before it returns.
         """
         table = self._table
         if promise_numbers.__class__ is int:
@@ -503,12 +518,16 @@ class Client:
                 return self._deliver(promise, raise_errors)
             promises: tuple[Promise, ...] = (promise,)
         else:
-            promises = tuple(self._lookup(n) for n in promise_numbers)  # type: ignore[union-attr]
+            promises = tuple([self._lookup(n) for n in promise_numbers])  # type: ignore[union-attr]
             if not promises:
                 raise ValueError("wait() needs at least one promise")
+            for promise in promises:
+                if promise.results:  # a result is waiting: as cheap as waiting on that one promise
+                    return self._deliver(promise, raise_errors)
         core = self._core
         core.flush()  # first: the caller cannot tell whether wait() ran poll
         deadline = None if timeout is None else time.monotonic() + timeout
+        polled = False
         while True:
             for promise in promises:
                 if promise.results:
@@ -520,22 +539,40 @@ class Client:
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    if polled:
+                        return None
+                    remaining = 0.0  # timeout=0 (or passed already): still poll the network once
             core.io_step(remaining)
+            polled = True
 
     def _deliver(self, promise: Promise, raise_errors: bool) -> Any:
+        """Hand a promise's oldest result to the application (its callback, then the caller).
+
+        Acks given before are written first (the application is about to work), and acks
+        the callback gives before this returns.
+        """
         table = self._table
         result = table.take(promise)
         if len(table.ready) > table.compact_at:
             table.compact_ready()
+        if self._consuming.pending_acks:
+            self._core.flush()
         if self._chain is not None and _is_message(result):
             if promise.callback is not None:
-                self._run_observed_callback(promise, result)
+                try:
+                    self._run_observed_callback(promise, result)
+                finally:
+                    if self._consuming.pending_acks:
+                        self._core.flush()
             else:
                 self._delivered(promise, result, "wait")
             return result
         if promise.callback is not None:
-            promise.callback(promise.number, result)
+            try:
+                promise.callback(promise.number, result)
+            finally:
+                if self._consuming.pending_acks:
+                    self._core.flush()
         if raise_errors and result.is_error:
             raise result.exception.with_traceback(None)
         return result
@@ -580,13 +617,17 @@ class Client:
     def loop(self, timeout: float | None = None) -> None:
         """Run the event loop and every callback until ``loop_break()`` or ``timeout`` seconds.
 
-        Like :meth:`run_any_callbacks`, drops the results of promises that have no callback.
+        ``timeout=0`` polls the network once without blocking and runs the
+        callbacks that are ready.  A callback calling ``loop_break()`` is the
+        last one run.  Like :meth:`run_any_callbacks`, drops the results of
+        promises that have no callback.
         """
         self._loop_break = False
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
+        polled = False
         while True:
-            self.run_any_callbacks()
+            self._run_callbacks(True)
             if self._loop_break:
                 break
             if deadline is None:
@@ -594,12 +635,15 @@ class Client:
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    if polled:
+                        break
+                    remaining = 0.0  # timeout=0 (or passed already): still poll the network once
             core.io_step(remaining)
+            polled = True
         core.flush()
 
     def loop_break(self) -> None:
-        """Make ``loop()`` return after the current callback."""
+        """Make ``loop()`` return after the current callback (results still waiting stay for later)."""
         self._loop_break = True
 
     def set_callback(self, promise_number: int, callback: Callback | None) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from .framing import Buffer
     from .promise import Callback, Promise, PromiseTable
     from .urls import ConnectionParameters
 
@@ -87,6 +88,7 @@ class Core:
         self.consuming = session.consuming
         self.handshake = session.handshake
         transport.prepare_write = self.flush_acks
+        self.consuming.on_ack_deferred = self._on_ack_deferred
 
     # --- the Port ------------------------------------------------------------------------------------
 
@@ -96,11 +98,41 @@ class Core:
         self.transport.close(exc)
 
     def request_flush(self) -> None:
+        """A settlement was queued: write it now (with any deferred ack)."""
+        self.flush()
+
+    # --- between the layers --------------------------------------------------------------------------
+
+    def _on_ack_deferred(self) -> None:
+        """An ack is deferred: the next call into the client must write it.
+
+        Every call does (``check()``, the client's ``wait``, ``loop``...), except
+        ``basic_publish``, which goes straight to the publishing core: its sends go
+        through :meth:`_send_after_acks` until the acks are written.  An event-loop
+        adapter (``transport.wakeup``) writes them on its next turn.
+        """
+        publishing = self.publishing
+        publishing.send = self._send_after_acks
+        publishing.send_many = self._send_many_after_acks
         wakeup = self.transport.wakeup
         if wakeup is not None:
             wakeup()
 
-    # --- between the layers --------------------------------------------------------------------------
+    def _acks_written(self) -> None:
+        publishing = self.publishing
+        if publishing.send is not self.send:
+            publishing.send = self.send
+            publishing.send_many = self.send_many
+
+    def _send_after_acks(self, data: Buffer) -> None:
+        self._acks_written()
+        self.flush()
+        self.send(data)
+
+    def _send_many_after_acks(self, buffers: list[Buffer]) -> None:
+        self._acks_written()
+        self.flush()
+        self.send_many(buffers)
 
     def _on_frames(self, frames: list[Any]) -> None:
         self.on_frames(frames)
@@ -133,10 +165,15 @@ class Core:
         return self.session.handshake.status.value
 
     def check(self) -> Session:
-        """The session, or the ConnectionBroken an operation must raise now."""
+        """The session, or the ConnectionBroken an operation must raise now.
+
+        Every operation calls in here first: acks deferred since the last call are written.
+        """
         session = self.session
         if session.error is not None:
             raise session.broken_error()
+        if self.consuming.pending_acks:
+            self.flush()
         return session
 
     def connect(
@@ -168,14 +205,18 @@ class Core:
         self.transport.close()
 
     def flush_acks(self) -> None:
+        """Queue the deferred acks (the transport is about to write)."""
         consuming = self.consuming
         if consuming.pending_acks:
             consuming.flush_acks()
+            self._acks_written()
 
     def flush(self) -> None:
-        """Write deferred acks and what the socket takes now (before blocking)."""
-        if self.consuming.pending_acks:
-            self.consuming.flush_acks()
+        """Write deferred acks and what the socket takes now (every call into the client, and before blocking)."""
+        consuming = self.consuming
+        if consuming.pending_acks:
+            consuming.flush_acks()
+            self._acks_written()
         transport = self.transport
         if transport.state is OPEN and transport.backlog:
             transport.on_write()

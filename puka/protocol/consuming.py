@@ -14,10 +14,14 @@ the promise keeps its channel while it ``held`` any.
   with ConsumerCancelled and cancels its sibling consumers.
 * Settling: ``basic.ack``/``nack``/``reject`` are checked against ``unacked``
   (a message from another channel, already settled or consumed without acks
-  is a ValueError at the call).  An ack of the lowest unsettled tag is
-  deferred: deferred acks of a channel go out as one ``basic.ack(multiple)``
-  every :data:`ACK_BATCH` acks, or when the client is about to block, write
-  or close (:meth:`Consuming.flush_acks`).
+  is a ValueError at the call).  A settlement is sent at once, after every
+  deferred ack, and ``Port.request_flush`` writes it.  The exception is an ack
+  of the lowest unsettled tag while a further delivery of its consume waits in
+  the client: it is deferred (``on_ack_deferred`` is told), and the deferred
+  acks of a channel go out as one ``basic.ack(multiple)`` every
+  :data:`ACK_BATCH` acks, with the next settlement sent at once, or at the
+  client's next call (:meth:`Consuming.flush_acks`: every call into the
+  client, every write and close flush them).
 * ``basic.get`` borrows a pooled channel for one ``get-ok``/``get-empty``.
 """
 
@@ -115,8 +119,10 @@ class Consuming:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        #: channels with a deferred ack, and who to tell when the first one comes
+        #: channels with a deferred ack
         self.pending_acks: list[Channel] = []
+        #: called when an ack is deferred while none was (the layer above sees that its next call writes it)
+        self.on_ack_deferred: Callable[[], None] | None = None
         #: asked when a settlement names a message this connection does not hold (a
         #: message of an earlier connection, after a recovery): True when it dealt with it
         self.on_unknown_settlement: Callable[[Promise | None, Any, bool], bool] | None = None
@@ -445,17 +451,28 @@ class Consuming:
             low += 1
         channel.low = low
         if verb == "ack" and tag < low:
-            # Every tag up to this one is settled: one basic.ack(multiple) can stand for
-            # this ack and the others deferred on the channel (fewer frames for both sides).
-            if not channel.pending_ack:
-                self.pending_acks.append(channel)
-                if len(self.pending_acks) == 1:
-                    session.port.request_flush()
-            channel.pending_ack = tag
-            channel.pending_count += len(settled)
-            if channel.pending_count >= ACK_BATCH:
-                self.send_pending_ack(channel)
+            # Every tag up to this one is settled: one basic.ack(multiple) stands for this
+            # ack and the others deferred on the channel.  Deferred only while a further
+            # delivery of the consume waits in the client: the application will call in for
+            # it, and every call writes the deferred acks first (the client's flush points).
+            count = channel.pending_count + len(settled)
+            if promise.results and count < ACK_BATCH:  # type: ignore[union-attr]
+                if not channel.pending_ack:
+                    pending = self.pending_acks
+                    pending.append(channel)
+                    if len(pending) == 1 and self.on_ack_deferred is not None:
+                        self.on_ack_deferred()
+                channel.pending_ack = tag
+                channel.pending_count = count
+            else:
+                if not channel.pending_ack:
+                    self.pending_acks.append(channel)
+                channel.pending_ack = tag
+                self.flush_acks()
+                session.port.request_flush()  # nothing deferred: write now
         else:
+            if self.pending_acks:
+                self.flush_acks()  # the deferred acks first: the broker sees them in order
             if verb == "ack":
                 payload = _encode_ack(tag, multiple)
             elif verb == "nack":
@@ -463,6 +480,7 @@ class Consuming:
             else:
                 payload = _encode_reject(tag, requeue)
             session.send(method_frame(channel.number, payload))
+            session.port.request_flush()  # nothing deferred: write now
         promise.held -= len(settled)  # type: ignore[union-attr]
         if promise.final and not promise.results and not promise.held:  # type: ignore[union-attr]
             session.table.forget(promise)  # type: ignore[arg-type]
@@ -475,7 +493,7 @@ class Consuming:
             self.session.send(method_frame(channel.number, _encode_ack(tag, True)))
 
     def flush_acks(self) -> None:
-        """Send the acks deferred by ``settle`` (before blocking, writing or closing)."""
+        """Send the acks deferred by ``settle`` (every call into the client, and before writing or closing)."""
         channels, self.pending_acks = self.pending_acks, []
         for channel in channels:
             if channel.pending_ack:
