@@ -107,30 +107,31 @@ class Core:
         """An ack is deferred: the next call into the client must write it.
 
         Every call does (``check()``, the client's ``wait``, ``loop``...), except
-        ``basic_publish``, which goes straight to the publishing core: its sends go
-        through :meth:`_send_after_acks` until the acks are written.  An event-loop
-        adapter (``transport.wakeup``) writes them on its next turn.
+        ``basic_publish``, which goes straight to the publishing core: its next send
+        goes through :meth:`_send_after_acks`, which writes them first (or finds them
+        written already).  An event-loop adapter (``transport.wakeup``) writes them on
+        its next turn.
         """
         publishing = self.publishing
-        publishing.send = self._send_after_acks
-        publishing.send_many = self._send_many_after_acks
+        if publishing.send is self.send:
+            publishing.send = self._send_after_acks
+            publishing.send_many = self._send_many_after_acks
         wakeup = self.transport.wakeup
         if wakeup is not None:
             wakeup()
 
-    def _acks_written(self) -> None:
+    def _publishing_sends_directly(self) -> None:
         publishing = self.publishing
-        if publishing.send is not self.send:
-            publishing.send = self.send
-            publishing.send_many = self.send_many
+        publishing.send = self.send
+        publishing.send_many = self.send_many
 
     def _send_after_acks(self, data: Buffer) -> None:
-        self._acks_written()
+        self._publishing_sends_directly()  # until the next deferred ack
         self.flush()
         self.send(data)
 
     def _send_many_after_acks(self, buffers: list[Buffer]) -> None:
-        self._acks_written()
+        self._publishing_sends_directly()
         self.flush()
         self.send_many(buffers)
 
@@ -209,14 +210,12 @@ class Core:
         consuming = self.consuming
         if consuming.pending_acks:
             consuming.flush_acks()
-            self._acks_written()
 
     def flush(self) -> None:
         """Write deferred acks and what the socket takes now (every call into the client, and before blocking)."""
         consuming = self.consuming
         if consuming.pending_acks:
             consuming.flush_acks()
-            self._acks_written()
         transport = self.transport
         if transport.state is OPEN and transport.backlog:
             transport.on_write()
