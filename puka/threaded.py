@@ -120,6 +120,8 @@ class Client(_client.Client):
         self._io_wake_pending = True
         #: promise number -> the threads waiting on it, first come first served
         self._io_waiters: dict[int, list[_Waiter]] = {}
+        #: the waiters handed a result, to wake once the lock is released
+        self._io_handed: list[_Waiter] = []
         self._io_local = threading.local()
         self._io_push_back = False
         self._io_crashes = 0
@@ -250,9 +252,11 @@ class Client(_client.Client):
             while True:
                 try:
                     calls, sock, want_write, timeout = self._io_round(polled, readable, writable, woken)
+                    self._io_wake_handed()
                     readable = writable = woken = False
                     if calls:
                         self._io_run_callbacks(calls)
+                        self._io_wake_handed()
                         continue  # what the callbacks did is looked at before blocking
                 except Exception:
                     with self._io_lock:
@@ -364,6 +368,7 @@ class Client(_client.Client):
             for sock in (self._io_wake_r, self._io_wake_w):
                 if sock is not None:
                     sock.close()
+        self._io_wake_handed()
 
     def _io_broken(self) -> ConnectionBroken:
         """What a wait raises when no I/O thread will ever answer it."""
@@ -425,12 +430,18 @@ class Client(_client.Client):
         return waiter
 
     def _io_hand(self, waiter: _Waiter, result: Any, error: BaseException | None) -> None:
-        """Give a waiting thread its result (or the error to raise) and wake it."""
+        """Give a waiting thread its result (or the error to raise); it wakes once the lock is released."""
         if waiter.numbers is not None:
             self._io_unregister(waiter)
         waiter.result = result
         waiter.error = error
-        waiter.lock.release()
+        self._io_handed.append(waiter)
+
+    def _io_wake_handed(self) -> None:
+        """Wake the threads handed a result (after the lock is released: they are about to take it)."""
+        handed = self._io_handed
+        while handed:
+            handed.pop().lock.release()
 
     def _io_wake_finished(self) -> None:
         """Waiters on promises that ended without a result for them (a cancelled consume)."""
