@@ -512,3 +512,34 @@ def test_the_brokers_connection_close_is_what_promises_fail_with_even_when_a_res
     assert type(result.exception) is puka.ConnectionForced, repr(result.exception)
     assert result.exception.reply_code == 320
     assert result.exception.reply_text == "bye"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="puka bug: when the broker's connection.close 320 and the reset that follows arrive while the client "
+    "still has bytes to write, Transport.on_write's send() fails first (ECONNRESET) and _io_error fails every "
+    "promise with ConnectionBroken without reading the connection.close already in the socket's receive buffer "
+    "(recv() still returns it after the failed send()); what rabbitmqctl stop_app does to a publishing client "
+    "(tests/test_broker_restart.py)",
+)
+def test_the_brokers_connection_close_is_what_promises_fail_with_even_when_a_write_fails_on_the_reset(
+    fake_server_factory,
+):
+    """As above, with publishes waiting to be written when the close and the reset arrive."""
+    server = fake_server_factory()
+    client = puka.Client(server.url, recovery=False)  # fail-fast, no reconnection: see the test above
+    client.wait(client.connect(), timeout=10)
+    consume = client.basic_consume(queue="q")
+    assert run_until(client, lambda: server.count("basic.consume") == 1)
+    server.send(method(0, "connection.close", reply_code=320, reply_text="bye", class_id=0, method_id=0))
+    server.close()  # and resets the connection: the close frame is already in the client's socket buffer
+    readable, _, _ = select.select([client.fileno()], [], [], 10)
+    assert readable, "the broker's connection.close never reached the client's socket"
+    # The client has not read it yet, and has something to write.
+    publishes = [client.basic_publish(exchange="", routing_key="q", body=b"after the close") for _ in range(3)]
+    for number in [consume, *publishes]:
+        result = client.wait(number, timeout=10, raise_errors=False)
+        assert result is not None, "promise %d is still pending after the broker closed the connection" % number
+        assert type(result.exception) is puka.ConnectionForced, repr(result.exception)
+        assert result.exception.reply_code == 320
+        assert result.exception.reply_text == "bye"
