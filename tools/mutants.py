@@ -150,6 +150,8 @@ _T_CLIENT = "tests/test_client.py"
 _REGRESSIONS = "tests/test_regressions.py"
 #: The tests of the guarantees of docs/reliability.rst.
 _GUARANTEES = "tests/test_guarantees.py"
+#: When acks are written, polling, loop_break, asyncio heartbeats and cancellation (issue 12, items 4, 9-13).
+_DRIVING = "tests/test_driving_semantics.py"
 _CONFIRMS = (
     "tests/test_faults.py::test_confirms_multiple_ack_nack_and_return_each_reach_their_own_promise",
     "tests/test_faults.py::test_unknown_or_duplicate_confirms_break_the_connection_and_resolve_nothing_wrongly",
@@ -227,6 +229,7 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/test_otel.py",
             "tests/test_security.py::test_full_session_debug_logs_never_show_the_password",
             _REGRESSIONS,
+            "tests/test_driving_semantics.py::test_close_writes_the_deferred_acks",
         ),
         "Session.close() sends connection.close without the acks deferred by basic_ack",
         known_gap=True,
@@ -398,6 +401,64 @@ MUTANTS: tuple[Mutant, ...] = (
         "        while low < last and low not in unacked:\n",
         _SETTLING,
         "the settled-below mark stops one short: in-order acks of the newest delivery are not deferred/batched",
+    ),
+    # --- driving the client (when acks are written, polling, loop_break, asyncio) ------------------------
+    Mutant(
+        "ack_deferred_with_no_delivery_waiting",
+        "puka/protocol/consuming.py",
+        "            if promise.results and count < ACK_BATCH:  # type: ignore[union-attr]\n",
+        "            if count < ACK_BATCH:  # type: ignore[union-attr]\n",
+        (_DRIVING,),
+        "an in-order ack is deferred even when no further delivery waits: nothing writes it until the next call",
+    ),
+    Mutant(
+        "wait_hands_a_result_over_before_writing_acks",
+        "puka/client.py",
+        "        if self._consuming.pending_acks:\n            self._core.flush()\n"
+        "        if self._chain is not None and _is_message(result):\n",
+        "        if self._chain is not None and _is_message(result):\n",
+        (_DRIVING,),
+        "wait() returns a result already waiting without writing the acks deferred before (the issue's crash)",
+    ),
+    Mutant(
+        "publish_does_not_write_deferred_acks",
+        "puka/core.py",
+        "            publishing.send = self._send_after_acks\n",
+        "            pass\n",
+        (_DRIVING,),
+        "basic_publish leaves the acks deferred before it unwritten",
+    ),
+    Mutant(
+        "wait_timeout_0_never_polls",
+        "puka/client.py",
+        "                    if polled:\n                        return None\n",
+        "                    return None\n",
+        (_DRIVING,),
+        "wait(timeout=0) returns before reading: polling with it never progresses",
+    ),
+    Mutant(
+        "loop_break_runs_every_ready_callback",
+        "puka/client.py",
+        "            self._run_callbacks(True)\n",
+        "            self._run_callbacks(False)\n",
+        (_DRIVING,),
+        "loop() runs every ready callback before it notices loop_break()",
+    ),
+    Mutant(
+        "asyncio_first_timer_never_rescheduled",
+        "puka/asyncio.py",
+        "            if timer.when() <= when + 0.001:\n                return\n            timer.cancel()\n",
+        "            return\n",
+        (_DRIVING, "tests/test_asyncio.py"),
+        "the asyncio adapter keeps its first timer (the connect timeout): no heartbeat for 10 s",
+    ),
+    Mutant(
+        "asyncio_cancelled_waiter_drops_its_result",
+        "puka/asyncio.py",
+        "                    self._table.ready.append(found)\n",
+        "                    pass\n",
+        (_DRIVING, "tests/test_asyncio.py"),
+        "a task cancelled after being woken for a result leaves it unseen by the next waiter",
     ),
     # --- heartbeats ------------------------------------------------------------------------------------
     Mutant(
