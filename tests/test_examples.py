@@ -44,6 +44,7 @@ def test_every_example_is_tested():
             "frame_tap.py",
             "publish_reliably.py",
             "select_loop.py",
+            "service.py",
             "sync_receive.py",
             "sync_send.py",
             "traced_pair.py",
