@@ -100,6 +100,8 @@ class Transport:
         #: bytes queued and not yet written to the socket
         self.backlog = 0
         self._want_write = False  # TLS handshake asked for writability
+        #: a send() failed: the connection ends once the read side has said why (see _write_failed)
+        self.write_error: OSError | None = None
         self.error: ConnectionBroken | None = None
         self.heartbeat = 0.0
         self.deadline: float | None = None
@@ -298,7 +300,7 @@ class Transport:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._io_error(exc)
+                self._write_failed(exc)
                 return
             self.last_send = time.monotonic()
             self.backlog -= sent
@@ -306,6 +308,21 @@ class Transport:
                 out[0] = memoryview(out[0])[sent:]
                 return
             out.popleft()
+
+    def _write_failed(self, exc: OSError) -> None:
+        """send() failed.  The peer may have said why before it went -- a connection.close
+        waiting in the receive buffer -- so the connection ends on the read side, which
+        reads that first (poll reports the socket readable); nothing more is written.
+        Should the read side stay silent, a deadline a second away ends it with this error."""
+        if _is_ssl_want(exc):
+            return
+        self.write_error = exc
+        self._out.clear()
+        self.backlog = 0
+        deadline = time.monotonic() + 1.0
+        if self.deadline is None or self.deadline > deadline:
+            self.deadline = deadline
+            self.deadline_error = "connection to %s lost: %s" % (self._where(), exc.strerror or exc)
 
     def _io_error(self, exc: OSError) -> None:
         """send/recv failed: TLS asking to wait is not an error; anything else ends the connection."""
@@ -333,6 +350,8 @@ class Transport:
         """Queue bytes for the peer (written when possible)."""
         if self.state is CLOSED:
             raise self.error or ConnectionBroken("connection closed")
+        if self.write_error is not None:
+            return  # the connection is ending (see _write_failed): what is sent now is lost with it
         if self.frame_tap is not None:
             self.frame_tap.bytes_out(data)
         if not self.backlog and self.wakeup is not None:
@@ -346,6 +365,8 @@ class Transport:
         """Queue several buffers (e.g. the frames of a large message)."""
         if self.state is CLOSED:
             raise self.error or ConnectionBroken("connection closed")
+        if self.write_error is not None:
+            return
         out = self._out
         if self.frame_tap is not None:
             for data in buffers:

@@ -172,7 +172,7 @@ _SETTLING = (
     "tests/test_client.py::test_reject_requeues_and_nack_discards",
     "tests/test_client.py::test_acking_twice_is_an_error_at_the_call",
     "tests/test_client.py::test_basic_get_empty_and_ack",
-    "tests/test_client.py::test_in_order_acks_go_out_as_few_multiple_acks",
+    "tests/test_client.py::test_in_order_acks_given_between_two_calls_go_out_as_one_multiple_ack",
     "tests/test_client.py::test_out_of_order_acks_and_rejects_settle_exactly_their_messages",
     "tests/test_faults.py::test_double_ack_is_refused_at_the_call_and_the_consumer_goes_on",
     "tests/test_otel.py::test_nack_and_reject_make_settle_spans",
