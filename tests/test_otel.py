@@ -98,8 +98,8 @@ def connect(amqp_url, *middleware, **kwargs):
 
 @pytest.fixture
 def traced(amqp_url, otel):
-    """A connected client with an OpenTelemetryMiddleware reporting to ``otel``."""
-    client = connect(amqp_url, otel.middleware())
+    """A connected client with an OpenTelemetryMiddleware reporting to ``otel`` (body sizes opted in)."""
+    client = connect(amqp_url, otel.middleware(record_body_size=True))
     yield client
     client.wait(client.close(), timeout=10)  # a no-op when the test broke or closed the connection
 
@@ -192,6 +192,8 @@ def test_publish_span_attributes_and_injected_context(otel, traced, tqueue):
         "messaging.message.body.size": 5,
         "server.address": traced.params.host,
         "server.port": traced.params.port,
+        "network.peer.address": traced.socket().getpeername()[0],
+        "network.peer.port": traced.socket().getpeername()[1],
     }
     # The span covers the confirm: it ended, and the message carries its context.
     message = traced.wait(traced.basic_get(queue=tqueue, no_ack=True))
@@ -320,8 +322,8 @@ def test_a_custom_propagator_replaces_the_global_one(amqp_url, otel, name):
 
 
 def test_producer_and_consumer_clients_join_in_one_trace(amqp_url, otel, name):
-    producer = connect(amqp_url, otel.middleware())
-    consumer = connect(amqp_url, otel.middleware())
+    producer = connect(amqp_url, otel.middleware(record_body_size=True))
+    consumer = connect(amqp_url, otel.middleware(record_body_size=True))
     try:
         consumer.wait(consumer.queue_declare(queue=name, exclusive=True))
         consume = consumer.basic_consume(queue=name)
@@ -415,7 +417,7 @@ def test_ack_multiple_settles_and_ends_every_message(otel, traced, tqueue):
 
 
 def test_wait_style_no_ack_ends_at_next_delivery_and_at_close(amqp_url, otel, name):
-    client = connect(amqp_url, otel.middleware())
+    client = connect(amqp_url, otel.middleware(record_body_size=True))
     client.wait(client.queue_declare(queue=name, exclusive=True))
     for body in (b"1", b"2"):
         client.wait(client.basic_publish(exchange="", routing_key=name, body=body))
