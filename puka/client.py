@@ -169,7 +169,8 @@ class Client:
     ``client_properties``
         merged into what the client announces (e.g. ``{'connection_name': 'billing'}``).
     ``heartbeat``
-        seconds; 0 (the default) turns heartbeats off unless the URL sets them.
+        seconds; 0 (the default): the URL's, else, with recovery, the broker's
+        proposal (60 s on RabbitMQ) and, with ``recovery=False``, none.
     ``ssl_parameters``
         for ``amqps``: an ``ssl.SSLContext``, a :class:`SslConnectionParameters`
         or a dict of its arguments.  Verification is on by default.
