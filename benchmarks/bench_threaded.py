@@ -248,6 +248,8 @@ def main() -> int:
         for num, den in (("threaded", "pika"), ("threaded", "single"), ("single", "pika")):
             if num in this and den in this:
                 ratios.setdefault("%s/%s" % (num, den), []).append(this[num] / this[den])
+                # CPU efficiency (messages per CPU-second of the client): less sensitive to a busy machine
+                ratios.setdefault("%s/%s CPU" % (num, den), []).append(cpus[den][-1] / cpus[num][-1])
     print()
     print(
         "%d threads, %d B messages, %d repetitions, %s CPUs; median [min-max] ±spread"
@@ -255,7 +257,8 @@ def main() -> int:
     )
     for variant in variants:
         print("  %-9s %s msgs/s   CPU %s µs/msg" % (variant, stats(rates[variant]), stats(cpus[variant])))
-    for name, values in ratios.items():
+    print("ratios (throughput, then CPU efficiency), paired per repetition:")
+    for name, values in sorted(ratios.items(), key=lambda item: item[0].endswith("CPU")):
         goal = GOALS.get(name)
         verdict = ""
         if goal is not None:
