@@ -155,6 +155,23 @@ def test_callbacks_run_on_the_io_thread_and_wait_blocks_only_its_caller(amqp_url
         client.basic_publish("", name, b"after close")
 
 
+def test_heartbeats_and_deliveries_flow_while_the_application_does_not_call(amqp_url, name, cleanup):
+    """heartbeat=1 and recovery off: a connection the I/O thread did not keep alive would die in 2 s."""
+    client = connect(amqp_url, name, heartbeat=1, recovery=False)
+    cleanup.append(name)
+    client.wait(client.queue_declare(queue=name))
+    got = []
+    client.basic_consume(queue=name, no_ack=True, callback=lambda p, m: got.append(m))
+    with puka.Client(amqp_url) as other:
+        for i in range(4):
+            time.sleep(1.0)  # the application thread is busy elsewhere
+            other.wait(other.basic_publish("", name, b"%d" % i))
+    assert until(lambda: len(got) == 4)
+    assert [m["body"] for m in got] == [b"0", b"1", b"2", b"3"]  # no error result: still connected
+    assert client.wait(client.basic_publish("", name, b"after")) == {}
+    close(client)
+
+
 def test_a_callback_may_wait_and_call_the_client(amqp_url, name, cleanup):
     """In a callback (on the I/O thread), wait() drives the connection itself."""
     client = connect(amqp_url, name)
