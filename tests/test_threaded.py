@@ -400,6 +400,45 @@ def test_drop_and_interpreter_exit_stop_the_io_thread(amqp_url, name):
     assert "Traceback" not in done.stderr, done.stderr
 
 
+def test_rpc_calls_from_a_pool_and_a_graceful_shutdown_while_the_pool_holds_messages(amqp_url, name, cleanup):
+    client = connect(amqp_url, name)
+    cleanup.append(name)
+    client.wait(client.queue_declare(queue=name))
+
+    def serve(promise, request):  # on the I/O thread
+        if not request.is_error:
+            client.rpc_reply(request, b"re: " + request["body"])
+            client.basic_ack(request)
+
+    server = client.basic_consume(queue=name, prefetch_count=50, callback=serve)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: client.wait(client.rpc_call("", name, b"%d" % i, timeout=30)), range(200)))
+    assert [r["body"] for r in replies] == [b"re: %d" % i for i in range(200)]
+    client.wait(client.basic_cancel(server))
+
+    # shutdown() waits, with the lock released, for the pool to settle what it holds
+    work = name + "-work"
+    cleanup.append(work)
+    client.wait(client.queue_declare(queue=work))
+    client.wait_for_all([client.basic_publish("", work, b"%d" % i) for i in range(20)])
+    acked = []
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+
+    def slow(message):
+        time.sleep(0.05)
+        client.basic_ack(message)
+        acked.append(message["body"])
+
+    client.basic_consume(queue=work, prefetch_count=20, callback=lambda p, m: m.is_error or pool.submit(slow, m))
+    assert until(lambda: len(acked) >= 1)
+    left = client.shutdown(timeout=JOIN)
+    pool.shutdown()
+    assert left == {"unsettled": 0, "pending": 0}
+    assert sorted(acked, key=int) == [b"%d" % i for i in range(20)]
+    assert client.join(JOIN)
+    assert message_count(amqp_url, work) == 0
+
+
 # --- recovery ---------------------------------------------------------------------------------------------
 
 
