@@ -439,6 +439,25 @@ def test_rpc_calls_from_a_pool_and_a_graceful_shutdown_while_the_pool_holds_mess
     assert message_count(amqp_url, work) == 0
 
 
+def test_push_back_holds_a_publishing_thread_until_the_io_thread_has_written(amqp_url, proxy, name, cleanup):
+    client = connect(proxy.url, name, recovery=False)
+    cleanup.append(name)
+    client.wait(client.queue_declare(queue=name))
+    proxy.stall()  # nothing reaches the broker: what is published piles up in the client
+    body = b"x" * (1 << 20)
+    published: list[int] = []
+    publisher = start(lambda: published.extend(client.basic_publish("", name, body) for _ in range(100)))
+    assert until(lambda: client._io_push_back)  # over 64 MiB waiting: the publishing thread waits
+    assert publisher.is_alive() and len(published) < 100
+    assert client.io_thread is not None and client.io_thread.is_alive()
+    proxy.resume()
+    join_all([publisher])
+    assert len(published) == 100
+    assert all(r == {} for r in client.wait_for_all(published))
+    close(client)
+    assert message_count(amqp_url, name) == 100
+
+
 # --- recovery ---------------------------------------------------------------------------------------------
 
 
