@@ -339,18 +339,22 @@ class Client:
         left = {"unsettled": 0, "pending": 0}
         if self._core.active:
             try:
+                rpc_consume = self._rpc.consume if self._rpc is not None else None
                 for promise in [p for p in table.promises.values() if p.kind is Kind.CONSUME and not p.final]:
-                    self.basic_cancel(promise.number)
+                    if promise.number != rpc_consume:  # replies to calls in flight still come
+                        self.basic_cancel(promise.number)
 
                 def done() -> bool:
                     promises = table.promises.values()
                     held = sum(p.held for p in promises)
-                    pending = sum(1 for p in promises if not p.final and p.kind is not Kind.CONNECT)
+                    pending = sum(
+                        1 for p in promises if not p.final and p.kind is not Kind.CONNECT and p.number != rpc_consume
+                    )
                     left["unsettled"], left["pending"] = held, pending
                     return not held and not pending
 
                 self._run_until(done, deadline)
-                pending = [p for p in table.unfinished() if p.kind is not Kind.CONNECT]
+                pending = [p for p in table.unfinished() if p.kind is not Kind.CONNECT and p.number != rpc_consume]
                 if pending:
                     exc = ConnectionBroken(
                         "still pending when the client shut down (after %gs): %d operation(s)" % (timeout, len(pending))
@@ -605,6 +609,9 @@ class Client:
         if not no_ack:
             self._deliveries[(promise.number, message["delivery_tag"])] = delivery
         self._chain.deliver(delivery)
+        if promise.kind is Kind.RPC and style == "wait":
+            # An rpc reply is its promise's only result: handed out, it is processed.
+            self._chain.deliver_done(delivery)
         return delivery
 
     def wait_for_all(self, promise_list: Iterable[int], raise_errors: bool = True) -> list[Any]:

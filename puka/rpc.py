@@ -52,6 +52,12 @@ class Rpc:
         self.alarms: dict[str, list[Any]] = {}
         self.prefix = uuid.uuid4().hex[:16]
         self.count = 0
+        self.consume = 0
+        self.start()
+
+    def start(self) -> None:
+        """Start the reply-to consumer (again, when its channel was closed: a request to a missing exchange)."""
+        client = self.client
         client._check()
         self.consume = client._consuming.consume([{"queue": REPLY_TO}], 0, True, None, on_message=self.on_reply)
 
@@ -68,6 +74,11 @@ class Rpc:
             raise ValueError("timeout must be a positive number of seconds or None, not %r" % (timeout,))
         client = self.client
         table = client._table
+        consume = table.promises.get(self.consume)
+        if consume is None or consume.final:
+            if consume is not None:
+                table.forget(consume)
+            self.start()
         self.count += 1
         correlation_id = "%s.%d" % (self.prefix, self.count)
         properties = dict(headers) if headers else {}

@@ -211,12 +211,6 @@ def test_an_unknown_exchange_fails_the_call_with_the_channel_error(client, serve
         client.wait(client.rpc_call(name + "-no-such-exchange", queue, b"lost"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: a request to a missing exchange closes the reply-to consumer's channel (requests go out on it); "
-    "puka.rpc never starts another consumer, so every later rpc_call raises ValueError",
-)
 def test_calls_after_a_channel_error_still_work(client, server, queue, name):
     with pytest.raises(puka.NotFound):
         client.wait(client.rpc_call(name + "-no-such-exchange", queue, b"lost"))
@@ -400,11 +394,6 @@ def test_shutdown_at_the_deadline_fails_what_is_pending_and_unacked_messages_are
         client.wait(client.queue_delete(queue=results))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a basic_cancel that reaches the reply-to consumer before its consume-ok (here shutdown's) "
-    "leaves the requests waiting for its channel unsent and never failed: shutdown waits for them until the deadline",
-)
 def test_shutdown_right_after_rpc_call_ends_the_call_before_the_deadline(amqp_url, client, name):
     nobody = name + "-nobody-answers"
     client.wait(client.queue_declare(queue=nobody))
@@ -417,11 +406,6 @@ def test_shutdown_right_after_rpc_call_ends_the_call_before_the_deadline(amqp_ur
         client.wait(client.queue_delete(queue=nobody))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Client.shutdown cancels the rpc reply-to consumer first, so a call answered after "
-    "the cancel never completes and fails at the deadline",
-)
 def test_shutdown_lets_calls_in_flight_get_their_replies(amqp_url, queue, name):
     idle = name + "-idle"
     other_cancelled = threading.Event()
@@ -563,11 +547,6 @@ def test_one_trace_shows_the_round_trip(amqp_url, queue, spans):
     assert {s.context.trace_id for s in finished} == {call.context.trace_id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the caller's process span of an rpc reply taken with wait() ends only when the client "
-    "closes (kept open like a no_ack delivery awaiting the next one; an rpc promise has no next one)",
-)
 def test_the_callers_process_span_of_a_reply_ends_when_wait_hands_it_out(amqp_url, queue, spans):
     provider, exporter = spans
     server, caller = round_trip(amqp_url, queue, provider)
