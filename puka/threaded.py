@@ -57,6 +57,7 @@ import select
 import socket
 import threading
 import time
+import types
 import weakref
 
 from . import client as _client
@@ -660,12 +661,19 @@ def _locked(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
-# Every other public method of puka.Client runs with the lock held (operations only queue bytes).
-for _name, _member in list(vars(_client.Client).items()):
-    if _name.startswith("_") or _name in _UNLOCKED or _name in vars(Client) or not callable(_member):
-        continue
-    setattr(Client, _name, _locked(_name, _member))
-del _name, _member
+def _wrap_the_other_methods() -> None:
+    """Every other public method of puka.Client (and of its bases) runs with the lock held: operations only
+    queue bytes.  A blocking method added to puka.Client needs its own version here (as wait and loop have)."""
+    names = {name for base in _client.Client.__mro__[:-1] for name in vars(base)}
+    for name in sorted(names):
+        if name.startswith("_") or name in _UNLOCKED or name in vars(Client):
+            continue
+        member = next(vars(base)[name] for base in _client.Client.__mro__ if name in vars(base))
+        if isinstance(member, types.FunctionType):  # not properties (they read one attribute)
+            setattr(Client, name, _locked(name, member))
+
+
+_wrap_the_other_methods()
 
 
 def _takers(queued: list[_Waiter], promise: Promise, result: Any) -> list[_Waiter]:
