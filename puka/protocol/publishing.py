@@ -59,6 +59,8 @@ _encode_publish = M["basic.publish"].encode_args
 _encode_properties = spec.PROPERTIES[60].encode
 _EMPTY_PROPERTIES = _encode_properties({})
 _PUBLISH = Kind.PUBLISH
+#: A content header frame beside its properties: frame header (7), class, weight, body size (12), frame end (1).
+_HEADER_OVERHEAD = 7 + 12 + 1
 
 #: Exchanges with a publish channel of their own; beyond, they share the default exchange's.
 MAX_PUBLISHERS = 128
@@ -271,6 +273,12 @@ class Publishing:
         pubacks = self.pubacks_in_use
         if headers or mandatory or not pubacks:
             properties = self._encode_properties(headers, number, mandatory, pubacks)
+            if len(properties) > self.frame_max - _HEADER_OVERHEAD:
+                raise ValueError(
+                    "the message's properties and headers take %d bytes encoded; the content header frame "
+                    "must fit the negotiated frame size, %d bytes (at most %d bytes of properties)"
+                    % (len(properties), self.frame_max, self.frame_max - _HEADER_OVERHEAD)
+                )
         else:
             properties = _EMPTY_PROPERTIES
         if headers and headers.get("reply_to") == REPLY_TO:
@@ -281,7 +289,11 @@ class Publishing:
                     "basic_consume(queue=%r, no_ack=True), or use rpc_call()" % (REPLY_TO, REPLY_TO)
                 )
         else:
-            publisher = self.publishers.get(exchange) or self.publisher(exchange)
+            publisher = self.publishers.get(exchange)
+            if publisher is None:
+                # A name the encoder refuses must not open a channel for it first.
+                _encode_publish(exchange, routing_key, mandatory, False)
+                publisher = self.publisher(exchange)
         key = (exchange, routing_key, mandatory)
         method_payload = publisher.methods.get(key)
         if method_payload is None:

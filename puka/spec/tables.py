@@ -11,7 +11,7 @@ F V``; ``b`` is signed, ``l`` and ``L`` are both signed 64-bit, as RabbitMQ
 reads them).  Encoding is lossless and never picks the 32-bit float::
 
     bool -> t   int -> I (signed 32) or l (signed 64), larger -> ValueError
-    float -> d  Decimal -> D  str -> S  bytes/bytearray/memoryview -> x
+    float -> d (finite only)  Decimal -> D  str -> S  bytes/bytearray/memoryview -> x
     None -> V   list/tuple -> A  dict -> F  datetime -> T (whole seconds, UTC)
 
 Strings that are not valid UTF-8 decode with ``surrogateescape`` and encode
@@ -234,6 +234,8 @@ def _enc_int(value: int) -> bytes:
 
 
 def _enc_float(value: float) -> bytes:
+    if value - value != 0:  # inf - inf and nan - nan are nan; RabbitMQ closes the connection (541) for them
+        raise ValueError("float %r is not finite: RabbitMQ cannot take it" % value)
     return _tag_f64(b"d", value)
 
 
