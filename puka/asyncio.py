@@ -58,14 +58,25 @@ class Client(_client.Client):
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, list[asyncio.Future[Any]]] = {}
-        self._transport.wakeup = self._wakeup
+        self._watch_transport()
+
+    def _watch_transport(self) -> None:
+        transport = self._transport
+        transport.wakeup = self._wakeup
+
+        def before_close() -> None:
+            # Unwatch the fd while it is still valid (asyncio cannot unregister a closed one).
+            if self._transport is transport:
+                self._detach()
+
+        transport.before_close = before_close
 
     def _wire_core(self) -> None:
         """A recovery made another connection current: watch its socket instead."""
         super()._wire_core()
         if not hasattr(self, "_waiters"):
             return  # still in __init__
-        self._transport.wakeup = self._wakeup
+        self._watch_transport()
         if self._loop is not None:
             self._detach()
             self._attach_socket()

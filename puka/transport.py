@@ -115,6 +115,8 @@ class Transport:
         self.wakeup: Callable[[], None] | None = None
         #: called before the loop decides what to write (the layer above queues deferred frames)
         self.prepare_write: Callable[[], None] | None = None
+        #: called just before the socket is closed (event-loop adapters unwatch its fd)
+        self.before_close: Callable[[], None] | None = None
         #: deadlines of the layers above (RPC time-outs), shared by every transport of a client
         self.alarms: Alarms = Alarms()
         self._poller: Any = None
@@ -525,6 +527,8 @@ class Transport:
                 self.on_write()
 
     def _close_socket(self) -> None:
+        if self.before_close is not None:
+            self.before_close()  # an event loop stops watching the socket while its fd is valid
         self.state = CLOSED
         self._poller = None
         self._out.clear()

@@ -835,12 +835,6 @@ def test_a_server_named_queue_comes_back_renamed_and_its_old_name_still_routes(p
     assert not stale_settlements(watch.frames)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="puka bug: RecoveringCore._on_reconnected computes every replay step (Topology.steps()) before the "
-    "queues are declared again, so the queue.bind of a renamed server-named queue still names the old queue "
-    "(404 NOT_FOUND, logged 'recovery could not restore queue.bind'): the binding is lost",
-)
 def test_the_binding_of_a_renamed_server_named_queue_follows_it(proxy, cleanup, name):
     client, watch, results, exchange, named, old, new, anonymous, exclusive, tags = server_named_setup(
         proxy, cleanup, name, bind_server_named=True

@@ -140,24 +140,6 @@ async def restored(queue: str, tag: str, prefetch: int | None = None) -> None:
     await asyncio.to_thread(check_consumer_restored, queue, tag, prefetch)
 
 
-EBADF = pytest.mark.xfail(
-    strict=True,
-    reason="puka bug: when a connection is lost while puka.asyncio.Client has its writer registered (output "
-    "pending, or a connect in progress), Transport._fail closes the socket first, then the recovery's "
-    "listener.switched() -> _wire_core() -> _detach() calls loop.remove_reader(fd): asyncio modifies the "
-    "selector registration of a closed fd and raises OSError EBADF, which escapes into the event loop from "
-    "inside RecoveringCore._carry (the next attempt is never scheduled: the client hangs)",
-)
-NO_TIMER = pytest.mark.xfail(
-    strict=True,
-    reason="puka bug: missed heartbeats are noticed inside RecoveringCore.on_timer, called by "
-    "puka.asyncio.Client._schedule_timer; the recovery switches connections (_wire_core -> _detach, "
-    "_schedule_timer) before _on_lost sets _attempt_at and the WAITING state, and the outer on_timer then "
-    "returns the old core's delay (None): no timer is armed, no socket is watched, the first attempt never "
-    "starts and even the deadline never fires",
-)
-
-
 # --- 1. a TCP cut during pipelined confirmed publishes -------------------------------------------
 
 
@@ -187,7 +169,6 @@ def test_a_cut_during_pipelined_confirmed_publishes_loses_nothing(proxy, cleanup
 # --- 2. a stall, noticed by heartbeats -------------------------------------------------------------
 
 
-@NO_TIMER
 def test_a_stall_noticed_by_heartbeats_is_recovered(proxy, cleanup, name):
     async def main(clients):
         watch = Watch()
@@ -366,7 +347,7 @@ def test_a_queue_deleted_by_another_client_during_the_outage_fails_only_its_cons
 # --- 8. an outage longer than the deadline -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outage", [pytest.param("refused", marks=EBADF), "stalled"])
+@pytest.mark.parametrize("outage", ["refused", "stalled"])
 def test_an_outage_longer_than_the_deadline_fails_every_promise_and_closes_the_client(proxy, cleanup, name, outage):
     queue = name
     cleanup.queues.append(queue)
@@ -649,7 +630,6 @@ def test_without_recovery_a_cut_fails_every_promise(proxy, cleanup, name):
 # --- 16. several hosts -------------------------------------------------------------------------------------
 
 
-@EBADF
 def test_the_first_connect_tries_each_host_and_fails_fast_when_none_answers(amqp_url):
     params = puka.parse_amqp_url(amqp_url)
     dead, other = closed_port(), closed_port()
@@ -673,7 +653,6 @@ def test_the_first_connect_tries_each_host_and_fails_fast_when_none_answers(amqp
 # --- a cut while output waits to be written -------------------------------------------------------------
 
 
-@EBADF
 def test_a_cut_while_publishes_wait_to_be_written_is_recovered(proxy, cleanup, name):
     queue = name
     cleanup.queues.append(queue)

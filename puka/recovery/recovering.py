@@ -289,7 +289,11 @@ class RecoveringCore:
         due = self._run_due(time.monotonic())
         if self._attempt_at is not None or self.state is RecoveryState.CLOSED:
             return due
-        core_due = self.current.on_timer()
+        core = self.current
+        core_due = core.on_timer()
+        if self.current is not core or self._attempt_at is not None:
+            # The connection was lost in there (missed heartbeats): the recovery's schedule now.
+            return self._run_due(time.monotonic())
         if due is None:
             return core_due
         return due if core_due is None else min(due, core_due)
@@ -468,18 +472,23 @@ class RecoveringCore:
         if result.is_error or self.state is not RecoveryState.RECONNECTING:
             return
         self.state = RecoveryState.REPLAYING
-        self._replay(self.topology.steps(), 0)
+        self._replay(0)
 
-    def _replay(self, steps: list[Any], index: int) -> None:
-        """Run step ``index`` of the topology replay; the consumers after the last one."""
+    def _replay(self, index: int) -> None:
+        """Run step ``index`` of the topology replay; the consumers after the last one.
+
+        Each step is read from the record when it starts: a server-named queue
+        renamed by the queues' step is bound under its new name by the next ones.
+        """
         if self.state is not RecoveryState.REPLAYING:
             return
+        steps = self.topology.steps()
         if index == len(steps):
             self._restore_consumers()
             return
         step = steps[index]
         if not step:
-            self._replay(steps, index + 1)
+            self._replay(index + 1)
             return
         remaining = [len(step)]
         core = self.current
@@ -487,7 +496,7 @@ class RecoveringCore:
         def one_done() -> None:
             remaining[0] -= 1
             if not remaining[0] and self.current is core:
-                self._replay(steps, index + 1)
+                self._replay(index + 1)
 
         for method, args in step:
             self._declare(method, args, one_done, time.monotonic())
