@@ -60,6 +60,16 @@ class Rpc:
         client = self.client
         client._check()
         self.consume = client._consuming.consume([{"queue": REPLY_TO}], 0, True, None, on_message=self.on_reply)
+        client._table.promises[self.consume].observer = self._consumer_ended
+
+    def _consumer_ended(self, consume: Promise, result: Any) -> None:
+        """The reply-to consumer ended (its channel closed): no pending call can get its reply."""
+        if not result.is_error:
+            return
+        pending, self.pending = self.pending, {}
+        for correlation_id, promise in pending.items():
+            self._cancel_alarm(correlation_id)
+            self.client._table.fail(promise, result.exception)
 
     def call(
         self,
