@@ -339,8 +339,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "prefetch_not_sent",
         "puka/protocol/consuming.py",
-        "        qos = _encode_qos(0, prefetch_count, False)\n        number = session.table.next_number\n",
-        "        qos = _encode_qos(0, 0, False)\n        number = session.table.next_number\n",
+        "            session.send(method_frame(channel.number, _encode_qos(0, state.prefetch, False)))\n",
+        "            session.send(method_frame(channel.number, _encode_qos(0, 0, False)))\n",
         ("tests/test_client.py::test_prefetch_limits_unacked_deliveries_and_basic_qos_changes_it",),
         "basic_consume's prefetch_count is not sent (basic.qos 0: unlimited)",
     ),
