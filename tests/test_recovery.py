@@ -1141,3 +1141,31 @@ def test_a_broker_restart_is_recovered_and_confirmed_persistent_messages_survive
     check_recovered_once(watch)
     check_consumer_restored(traffic.consumed, traffic.tag)
     assert not stale_settlements(watch.frames)
+
+
+def test_a_stream_consumer_resumes_after_the_last_offset_delivered(proxy, amqp_url, cleanup, name):
+    # The stream is declared by another client: the consumer's recovery does not declare it again.
+    with puka.Client(amqp_url, recovery=False) as other:
+        other.wait(other.queue_declare(queue=name, durable=True, arguments={"x-queue-type": "stream"}))
+    cleanup.queues.append(name)
+    client = connect(proxy.url, name, cleanup)
+    for i in range(10):
+        client.wait(client.basic_publish(exchange="", routing_key=name, body=b"%d" % i), timeout=PATIENCE)
+    consume = client.basic_consume(queue=name, prefetch_count=100, arguments={"x-stream-offset": "first"})
+    bodies = []
+    for _ in range(10):
+        message = client.wait(consume, timeout=PATIENCE)
+        assert message is not None
+        bodies.append(message["body"])
+        client.basic_ack(message)
+    proxy.cut()
+    for i in range(10, 15):
+        assert client.wait(client.basic_publish(exchange="", routing_key=name, body=b"%d" % i), timeout=PATIENCE) == {}
+    for _ in range(5):
+        message = client.wait(consume, timeout=PATIENCE)
+        assert message is not None, "the stream consumer did not resume"
+        bodies.append(message["body"])
+        client.basic_ack(message)
+    # Resumed after offset 9, not from "first": nothing delivered twice, nothing skipped.
+    assert bodies == [b"%d" % i for i in range(15)]
+    assert client.wait(consume, timeout=0.5) is None

@@ -65,12 +65,24 @@ ACK_BATCH = 64
 class ConsumeState:
     """What a consume promise remembers: its consumers, ack mode, what waits for its channel."""
 
-    __slots__ = ("no_ack", "prefetch", "consumers", "by_tag", "cancel_promise", "deferred", "started", "on_message")
+    __slots__ = (
+        "no_ack",
+        "prefetch",
+        "consumers",
+        "by_tag",
+        "cancel_promise",
+        "deferred",
+        "started",
+        "on_message",
+        "offsets",
+    )
 
     def __init__(self, no_ack: bool, consumers: list[dict[str, Any]], prefetch: int) -> None:
         #: deliveries go to this function instead of the promise's results (the client's own
         #: consumers: the direct reply-to consumer of rpc_call)
         self.on_message: Callable[[Any], None] | None = None
+        #: stream consumers only: consumer tag -> the last offset delivered
+        self.offsets: dict[str, int] | None = None
         self.no_ack = no_ack
         self.prefetch = prefetch
         self.consumers = consumers
@@ -161,6 +173,9 @@ class Consuming:
         promise = session.new_promise(callback, Kind.CONSUME)
         state = promise.consume = ConsumeState(no_ack, consumers, prefetch_count)
         state.on_message = on_message
+        if any("x-stream-offset" in consumer["arguments"] for consumer in consumers):
+            # A stream consumer: its last offset delivered is kept, so a recovery resumes after it.
+            state.offsets = {}
         if reply_to:
             session.publishing.expect_reply_channel()
         self.start_consume(promise)
@@ -180,7 +195,12 @@ class Consuming:
 
         def start(promise: Promise) -> None:
             channel = promise.channel
-            channel.handlers[BASIC_DELIVER] = self.on_deliver if state.on_message is None else self._deliver_to_hook
+            if state.on_message is not None:
+                channel.handlers[BASIC_DELIVER] = self._deliver_to_hook
+            elif state.offsets is not None:
+                channel.handlers[BASIC_DELIVER] = self._deliver_stream
+            else:
+                channel.handlers[BASIC_DELIVER] = self.on_deliver
             channel.handlers[BASIC_CANCEL] = self.on_server_cancel
             session.send(method_frame(channel.number, _encode_qos(0, state.prefetch, False)))
             channel.expect((BASIC_QOS_OK,), _ignore)
@@ -202,6 +222,14 @@ class Consuming:
                 on_started()
 
         session.channels.acquire(promise, start, privileged)
+
+    def _deliver_stream(self, channel: Channel, message: Any) -> None:
+        """A delivery of a stream consumer: note its offset (``x-stream-offset``), then as any other."""
+        promise = channel.promise
+        offset = message["headers"].get("x-stream-offset")
+        if promise is not None and isinstance(offset, int):
+            promise.consume.offsets[message["consumer_tag"]] = offset
+        self.on_deliver(channel, message)
 
     def _deliver_to_hook(self, channel: Channel, message: Any) -> None:
         """A delivery for the client's own consumer (no_ack): to its on_message, not to results."""

@@ -414,6 +414,13 @@ class RecoveringCore:
                         ),
                     )
             elif kind is Kind.CONSUME:
+                offsets = promise.consume.offsets
+                if offsets:
+                    # A stream consumer resumes after the last offset delivered, not where it began.
+                    for consumer in promise.consume.consumers:
+                        offset = offsets.get(consumer["tag"])
+                        if offset is not None:
+                            consumer["arguments"] = {**consumer["arguments"], "x-stream-offset": offset + 1}
                 consumes.append(promise)
             elif kind is Kind.PUBLISH:
                 republish = not gated or (recovery is not None and recovery.republish)
