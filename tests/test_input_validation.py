@@ -133,3 +133,18 @@ def test_tables_nested_beyond_python_recursion_raise_before_sending(client):
     client.wait(client.queue_declare(exclusive=True), timeout=10)
     sent = [f.name for f in client.recorder.frames[before:] if f.direction == "out"]
     assert "basic.publish" not in sent
+
+
+def test_an_arguments_table_larger_than_a_frame_is_refused_at_the_call(amqp_url, name):
+    recorder = FrameRecorder()
+    client = puka.Client(amqp_url, middleware=[recorder])
+    client.wait(client.connect())
+    try:
+        sent = len(recorder.frames)
+        with pytest.raises(ValueError, match="more than a frame"):
+            client.queue_declare(queue=name, arguments={"x-big": "a" * 200_000})
+        assert [f.name for f in recorder.frames[sent:] if f.direction == "out"] == []
+        declared = client.wait(client.queue_declare(queue=name, exclusive=True))  # the connection lives on
+        assert declared["queue"] == name
+    finally:
+        client.wait(client.close())

@@ -313,6 +313,12 @@ class Session:
     ) -> int:
         """A synchronous method on a pooled channel; the reply is the result."""
         call = Call(request, args, reply_ids)
+        if len(call.payload) + 8 > self.handshake.frame_max:
+            # The broker would close the whole connection (501 FRAME_ERROR): refuse it here.
+            raise ValueError(
+                "%s is %d bytes encoded (a big arguments table?): more than a frame of %d bytes can carry"
+                % (request.name, len(call.payload), self.handshake.frame_max - 8)
+            )
         promise = self.new_promise(callback, Kind.CALL)
         promise.request = call
         if self.call_observer is not None:
