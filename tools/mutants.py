@@ -152,6 +152,8 @@ _REGRESSIONS = "tests/test_regressions.py"
 _GUARANTEES = "tests/test_guarantees.py"
 #: When acks are written, polling, loop_break, asyncio heartbeats and cancellation (issue 12, items 4, 9-13).
 _DRIVING = "tests/test_driving_semantics.py"
+#: The consuming semantics of issue 12 (basic_qos, channel errors, channel limits, consumer tags).
+_CONSUMING = "tests/test_consuming_semantics.py"
 _CONFIRMS = (
     "tests/test_faults.py::test_confirms_multiple_ack_nack_and_return_each_reach_their_own_promise",
     "tests/test_faults.py::test_unknown_or_duplicate_confirms_break_the_connection_and_resolve_nothing_wrongly",
@@ -341,7 +343,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "puka/protocol/consuming.py",
         "            session.send(method_frame(channel.number, _encode_qos(0, state.prefetch, False)))\n",
         "            session.send(method_frame(channel.number, _encode_qos(0, 0, False)))\n",
-        ("tests/test_client.py::test_prefetch_limits_unacked_deliveries_and_basic_qos_changes_it",),
+        (
+            "tests/test_client.py::test_prefetch_limits_unacked_deliveries_and_basic_qos_changes_it",
+            _CONSUMING + "::test_a_smaller_window_resolves_once_the_held_messages_fit_it",
+        ),
         "basic_consume's prefetch_count is not sent (basic.qos 0: unlimited)",
     ),
     Mutant(
@@ -358,8 +363,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "consumer_tag_ignored",
         "puka/protocol/consuming.py",
-        '"tag": item.get("consumer_tag") or "puka.%d.%d" % (number, index),',
-        '"tag": "puka.%d.%d" % (number, index),',
+        'tag = given[index] or _unused("puka.%d.%d" % (number, index), chosen)',
+        'tag = _unused("puka.%d.%d" % (number, index), chosen)',
         (
             "tests/test_faults.py::test_broker_closing_a_consumers_channel_fails_only_that_consume",
             "tests/test_otel.py",
@@ -368,6 +373,33 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/test_regressions.py::test_basic_consume_with_a_consumer_tag_consumes_under_that_tag",
         ),
         "basic_consume(consumer_tag=...) is ignored: a generated tag is used",
+    ),
+    Mutant(
+        "qos_reuses_the_consumer_tag",
+        "puka/protocol/consuming.py",
+        "                tag = _fresh_tag(consumer, consume.number, state.generation, taken)\n",
+        '                tag = consumer["tag"]\n',
+        (_CONSUMING + "::test_after_basic_qos_the_window_counts_the_messages_held_from_before",),
+        "basic_qos starts the new consumer under the old tag (the broker refuses a tag in use: 530)",
+    ),
+    Mutant(
+        "qos_window_not_kept_by_the_client",
+        "puka/protocol/consuming.py",
+        "            if prefetch_count:\n                self._open_window(channel, consume, prefetch_count)\n",
+        "            if False:\n                self._open_window(channel, consume, prefetch_count)\n",
+        (
+            _CONSUMING + "::test_after_basic_qos_the_window_counts_the_messages_held_from_before",
+            _CONSUMING + "::test_a_smaller_window_resolves_once_the_held_messages_fit_it",
+        ),
+        "after basic_qos, messages held from before do not count against the new window",
+    ),
+    Mutant(
+        "duplicate_consumer_tags_accepted",
+        "puka/protocol/consuming.py",
+        "        if len(set(chosen)) != len(chosen):\n",
+        "        if False:\n",
+        (_CONSUMING + "::test_a_consumer_tag_given_twice_is_refused_at_the_call_and_the_connection_goes_on",),
+        "a consumer tag given twice in basic_consume_multi reaches the broker (530: the connection is closed)",
     ),
     # --- settling --------------------------------------------------------------------------------------
     Mutant(
@@ -389,8 +421,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "ack_multiple_settles_only_one",
         "puka/protocol/consuming.py",
-        "        settled = [t for t in unacked if t <= tag] if multiple else [tag]\n",
-        "        settled = [tag]\n",
+        "        settled = [t for t in unacked if t <= tag] if multiple else [tag]\n"
+        "        if before_send is not None:\n            before_send(message, settled)\n        for t in settled:\n",
+        "        settled = [tag]\n"
+        "        if before_send is not None:\n            before_send(message, settled)\n        for t in settled:\n",
         _SETTLING,
         "basic_ack/nack(multiple=True) forgets only the given message; the earlier ones stay 'unacked' in puka",
     ),
@@ -636,6 +670,35 @@ MUTANTS: tuple[Mutant, ...] = (
         "        channel.state = ChannelState.CLOSED\n        exc = session.error_from_close(method)\n",
         _CHANNEL_ERRORS,
         "a pooled channel closed by the broker is not answered with channel.close-ok (its number is reused)",
+    ),
+    Mutant(
+        "closed_channel_leftovers_are_violations",
+        "puka/protocol/assembler.py",
+        "                if not channel.is_open:\n"
+        "                    return  # a leftover of a closed use of the number (sent before our close-ok)\n",
+        "",
+        (
+            _CONSUMING + "::test_frames_after_the_brokers_channel_close_and_before_the_number_reopens_are_discarded",
+            _CONSUMING
+            + "::test_deliveries_sent_after_a_consume_channel_closed_are_discarded_and_the_connection_goes_on",
+        ),
+        "a delivery the broker sent before reading our channel.close-ok breaks the connection",
+    ),
+    Mutant(
+        "consumes_take_the_reserved_channels",
+        "puka/protocol/channels.py",
+        "            return self.publish_channels + self.long_channels < self._channel_max - self.reserve\n",
+        "            return self.publish_channels + self.long_channels < self._channel_max\n",
+        (_CONSUMING + "::test_the_last_channels_are_kept_for_short_operations",),
+        "consumes take every channel: short operations wait for one forever",
+    ),
+    Mutant(
+        "short_operation_keeps_its_channel_until_taken",
+        "puka/protocol/session.py",
+        "            channels.finished(promise)  # the result waits in the promise: the channel serves the next one\n",
+        "",
+        (_CONSUMING + "::test_results_nobody_took_yet_do_not_hold_channels",),
+        "a short operation holds its channel until its result is taken: later ones wait behind results nobody took",
     ),
     Mutant(
         "connection_close_ok_not_sent",

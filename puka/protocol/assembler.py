@@ -14,11 +14,20 @@ channel is in one :class:`Assembly` state::
                              BODY   --body, not all yet--> BODY
                              BODY   --body, all of it----> IDLE (message complete)
 
-Any other frame in any state -- a frame on a channel that is not open, a
+Any other frame in any state -- a frame on a channel number never opened, a
 method while a message is incomplete, a body without header, more body than
 declared, a message over ``max_message_size``, an unknown or malformed method
 -- is a protocol violation by the peer: ``violation(text, kind)`` ends the
 connection and no further frame of the batch is looked at.
+
+Except on a channel that is not ``OPEN`` (see
+:class:`~puka.protocol.channels.ChannelState`): the broker may still send what
+it had queued on a channel after its ``channel.close`` (deliveries), or before
+it read ours, until it reads the ``close-ok``; a new use of the number waits
+for ``channel.open-ok``.  There a frame that nothing expects (a method without
+handler or pending reply, content out of place) is a leftover of the closed
+use and is discarded.  Only the unexpected paths look at the state: a frame
+the channel expects costs nothing more.
 
 This loop is the delivery hot path: the transitions are written inline, each
 checked with one identity test on the channel's state.
@@ -88,6 +97,8 @@ class Assembler:
                 return
             if frame_type == 1:
                 if channel.assembly is not IDLE:
+                    if not channel.is_open:
+                        continue  # a leftover of a closed use of the number
                     self._violation("method frame on channel %d while a message is incomplete" % number)
                     return
                 method_id = _unpack_method_id(payload, 0)[0] if len(payload) >= 4 else -1
@@ -113,11 +124,15 @@ class Assembler:
                 if handler is None:
                     handler = channel.take_reply(method_id)
                     if handler is None:
+                        if not channel.is_open:
+                            continue  # a leftover of a closed use of the number
                         self._violation("unexpected %s on channel %d" % (cls.name, number))
                         return
                 handler(channel, method)
             elif frame_type == 2:
                 if channel.assembly is not HEADER:
+                    if not channel.is_open:
+                        continue  # a leftover of a closed use of the number
                     self._violation("content header on channel %d without a content method" % number)
                     return
                 partial = channel.partial
@@ -143,6 +158,8 @@ class Assembler:
                     channel.props = props
             elif frame_type == 3:
                 if channel.assembly is not BODY:
+                    if not channel.is_open:
+                        continue  # a leftover of a closed use of the number
                     self._violation("body frame on channel %d without a content header" % number)
                     return
                 received = channel.received + len(payload)
@@ -184,6 +201,8 @@ class Assembler:
         if handler is None:
             handler = channel.take_reply(method.method_id)
             if handler is None:
+                if not channel.is_open:
+                    return  # a leftover of a closed use of the number (sent before our close-ok)
                 self._violation("unexpected %s on channel %d" % (method.name, channel.number))
                 return
         handler(channel, method)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from ..framing import Frame
     from ..promise import Callback
+    from .channels import Channel
     from .ports import Port
 
 
@@ -330,14 +331,19 @@ class Session:
         """Run a short operation's promise (new, or carried over from a lost connection)."""
         call: Call = promise.request
         resolve = self.table.resolve
+        channels = self.channels
+
+        def answered(channel: Channel, reply: Any) -> None:
+            channels.finished(promise)  # the result waits in the promise: the channel serves the next one
+            resolve(promise, reply)
 
         def start(promise: Promise) -> None:
             channel = promise.channel
             call.sent = True
             self.send(method_frame(channel.number, call.payload))
-            channel.expect(call.reply_ids, lambda channel, reply: resolve(promise, reply))
+            channel.expect(call.reply_ids, answered)
 
-        self.channels.acquire(promise, start, privileged)
+        channels.acquire(promise, start, privileged)
 
     def submit(self, promise: Promise, privileged: bool = False) -> None:
         """Run an existing promise's operation on this connection (after a recovery)."""
