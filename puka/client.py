@@ -761,7 +761,9 @@ class Client:
         ``no_local``, ``exclusive``, ``arguments``, ``consumer_tag``.
         ``prefetch_count`` applies to each queue's consumer (RabbitMQ's
         per-consumer basic.qos): two queues with prefetch 5 may have ten
-        unacknowledged messages.
+        unacknowledged messages.  Consumer tags must differ (ValueError at
+        the call).  All the queues share one channel: the way to consume
+        thousands of queues.
         """
         items = [{"queue": q} if isinstance(q, str) else dict(q) for q in queues]
         if not items:
@@ -772,10 +774,14 @@ class Client:
     def basic_qos(self, consume_promise: int, prefetch_count: int = 0, callback: Callback | None = None) -> int:
         """Change the prefetch window of a consume promise.
 
-        RabbitMQ applies basic.qos to consumers started after it, so the
-        promise's consumers are cancelled and started again (same tags) under
-        the new window.  Messages already delivered stay valid to acknowledge
-        and do not count against the new window.
+        RabbitMQ applies basic.qos only to consumers started after it: puka
+        starts a new consumer per queue under a fresh tag (``<tag>.q<n>``)
+        with the new window, then cancels the old one, so the queue never
+        lacks a consumer.  Messages delivered before stay valid to
+        acknowledge and count against the new window (puka holds deliveries
+        back while they fill it); the promise resolves once the held
+        messages fit the window.  A consume with an exclusive consumer raises
+        ValueError.  See :doc:`/reliability`.
         """
         self._check()
         return self._consuming.qos(consume_promise, prefetch_count, callback)

@@ -442,23 +442,6 @@ def test_consume_multi_cancels_its_other_consumers_when_the_broker_cancels_one(a
         client.wait(client.queue_delete(queue=q))
 
 
-def test_known_problem_deliveries_sent_after_a_consume_channel_closed_drop_the_connection(
-    amqp_url, client, queue, name
-):
-    # Documented in docs/reliability.rst (channel errors): RabbitMQ closes the channel at the missing queue,
-    # then sends the deliveries of the first consumer on it; puka takes them for a protocol violation.
-    client.wait_for_all([client.basic_publish(exchange="", routing_key=queue, body=b"%d" % i) for i in range(10)])
-    consumer = connect(amqp_url, recovery=False)  # fail-fast: by default the violation starts a recovery
-    consume = consumer.basic_consume_multi([queue, name + "-missing"], prefetch_count=10)
-    with pytest.raises(puka.NotFound) as info:
-        consumer.wait(consume, timeout=PATIENCE)
-    assert info.value.method_name == "basic.consume"
-    with pytest.raises(puka.ConnectionBroken, match="protocol violation by the broker: frame of type 1 on channel"):
-        consumer.wait(consumer.queue_declare(queue=queue, passive=True), timeout=PATIENCE)
-    # The broker requeued the deliveries when the connection went.
-    assert wait_until(lambda: queue_state(client, queue)["message_count"] == 10, timeout=PATIENCE)
-
-
 def test_async_iteration_over_a_consume_raises_consumer_cancelled(amqp_url, name):
     import asyncio
 

@@ -550,6 +550,7 @@ class RecoveringCore:
         self.topology.forget_queue(queue)
         for consume in self._restoring:
             if not consume.final and any(c["queue"] == queue for c in consume.consume.consumers):
+                self.current.consuming.channel_closed(consume, exc)  # its queued qos/cancel fail too
                 self.table.fail(consume, exc)
 
     def _rename(self, old: str, new: str) -> None:
