@@ -435,6 +435,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "        while low < last and low not in unacked:\n",
         _SETTLING,
         "the settled-below mark stops one short: in-order acks of the newest delivery are not deferred/batched",
+        equivalent="since acks are written at once unless a further delivery waits in the client, the newest "
+        "delivery's ack is never deferred either way; the mutant only sends it as a plain basic.ack after the "
+        "deferred basic.ack(multiple) instead of one multiple ack: the broker's state is the same",
     ),
     # --- driving the client (when acks are written, polling, loop_break, asyncio) ------------------------
     Mutant(
