@@ -54,7 +54,11 @@ class Timer:
         self.profiler: cProfile.Profile | None = None
         self.seconds: float | None = None
         self.cpu_seconds: float | None = None
+        #: the CPU time split: user and system (kernel) seconds, and minor page faults
+        self.counters: dict[str, float] = {}
         self._start = self._cpu_start = 0.0
+        self._times = os.times()
+        self._faults = 0
 
     def __enter__(self) -> Timer:
         if self.seconds is not None:
@@ -62,6 +66,8 @@ class Timer:
         if self.profile_top:
             self.profiler = cProfile.Profile()
             self.profiler.enable()
+        self._faults = _minor_faults()
+        self._times = os.times()
         self._cpu_start = time.process_time()
         self._start = time.perf_counter()
         return self
@@ -69,6 +75,12 @@ class Timer:
     def __exit__(self, *exc_info: object) -> None:
         self.seconds = time.perf_counter() - self._start
         self.cpu_seconds = time.process_time() - self._cpu_start
+        times = os.times()
+        self.counters = {
+            "cpu_user": times.user - self._times.user,
+            "cpu_sys": times.system - self._times.system,
+            "minor_faults": _minor_faults() - self._faults,
+        }
         if self.profiler is not None:
             self.profiler.disable()
 
@@ -91,6 +103,15 @@ class Timer:
         )
         stats.sort_stats("tottime").print_stats(self.profile_top)
         return out.getvalue()
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def queue_name(client: str, scenario: str) -> str:
@@ -142,6 +163,7 @@ def main(client: str, scenarios: dict, args: argparse.Namespace, versions: dict[
         size=args.size,
         seconds=timer.seconds,
         cpu_seconds=timer.cpu_seconds,
+        **timer.counters,
         python=sys.version.split()[0],
         versions=versions or {},
     )

@@ -5,9 +5,10 @@ its queue before timing a consume (:func:`fill`).  It knows just enough of the
 protocol for that: the handshake (PLAIN auth), one channel in confirm mode,
 queue declare / purge / delete, and
 
-* publish: one message's method + header + body frames are encoded once and
-  repeated ``n`` times, written while basic.ack confirms (``multiple`` or not)
-  are read and counted until all ``n`` are in;
+* publish: one message's method + header + body frames are encoded once; a
+  block of copies of it (about 256 KiB) is written over and over, straight
+  from its memory, until ``n`` messages are out, while basic.ack confirms
+  (``multiple`` or not) are read and counted until all ``n`` are in;
 * consume: basic.qos + basic.consume, then every basic.deliver is answered with
   a pre-built basic.ack frame of which only the 8-byte delivery tag changes
   (the acks of one read go out in one send), until ``n`` bodies have arrived.
@@ -155,11 +156,14 @@ class RawClient:
 
     # --- the measured loops ------------------------------------------------------------------------
 
-    def publish_pipelined(self, messages: bytes, n: int) -> None:
-        """Write ``messages`` (``n`` encoded ones) while counting confirms until all ``n`` are in."""
+    def publish_pipelined(self, message: bytes, n: int) -> None:
+        """Write ``message`` (one encoded message) ``n`` times while counting confirms until all ``n`` are in."""
         first = self.published + 1
         self.published += n
-        out = memoryview(messages)
+        block = message * max(1, 262144 // len(message))  # whole messages: the stream repeats every block
+        out = memoryview(block)
+        period = len(block)
+        total = len(message) * n
         sent = 0
         done = bytearray(n + 1)  # done[i]: tag first-1+i confirmed
         floor = 0  # every index <= floor is confirmed
@@ -171,11 +175,12 @@ class RawClient:
         unpack_id = _method_id.unpack_from
         try:
             while confirmed < n:
-                writing = [sock] if sent < len(out) else []
+                writing = [sock] if sent < total else []
                 readable, writable, _ = select.select([sock], writing, [])
                 if writable:
+                    at = sent % period
                     try:
-                        sent += sock.send(out[sent : sent + 262144])
+                        sent += sock.send(out[at : at + min(period - at, total - sent)])
                     except BlockingIOError:
                         pass
                 if not readable:
@@ -272,5 +277,5 @@ class RawClient:
 def fill(url: str, queue: str, size: int, n: int) -> None:
     """Put ``n`` messages of ``size`` bytes in the existing ``queue``, confirmed, on a connection of its own."""
     client = RawClient(url)
-    client.publish_pipelined(client.encode_publish(queue, b"x" * size) * n, n)
+    client.publish_pipelined(client.encode_publish(queue, b"x" * size), n)
     client.close()

@@ -7,6 +7,9 @@ what differs is the interpreter that runs it:
 * ``--impl puka008``: the python of a venv holding ``puka==0.0.8`` and ``future``
   (``tools/bench.py`` makes ``.peers/venv-puka008``); the repository is kept off ``sys.path``.
 
+* ``--impl puka --repo DIR``: the puka of another checkout (``tools/bench.py --baseline``), for A/B
+  comparisons run by this very script.
+
 The import is checked against the expected location, so the wrong puka can never be measured.
 Bodies are sent as bytes by both; 0.0.8 hands them back decoded to ``str``.
 """
@@ -20,7 +23,11 @@ import bench_common  # benchmarks/ is sys.path[0]: the script's own directory
 import raw_amqp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-args = bench_common.parse_args(extra={"--impl": {"choices": ["puka", "puka008"], "default": "puka"}})
+args = bench_common.parse_args(
+    extra={"--impl": {"choices": ["puka", "puka008"], "default": "puka"}, "--repo": {"default": None}}
+)
+if args.repo:
+    ROOT = os.path.abspath(args.repo)
 if args.impl == "puka":
     sys.path.insert(0, ROOT)
 else:

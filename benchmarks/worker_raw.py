@@ -12,9 +12,9 @@ def scenario_a(args, timer):
     client = RawClient(args.url)
     queue = bench_common.queue_name("ceiling", "a")
     client.declare(queue)
-    messages = client.encode_publish(queue, b"x" * args.size) * args.n
+    message = client.encode_publish(queue, b"x" * args.size)
     with timer:
-        client.publish_pipelined(messages, args.n)
+        client.publish_pipelined(message, args.n)
     client.delete(queue)
     client.close()
     return {"count": args.n}

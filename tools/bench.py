@@ -6,6 +6,10 @@ Run by hand with the dev venv (it makes the peers' venvs under ``.peers/`` on fi
     .venv/bin/python tools/bench.py                     # all clients, all scenarios, 5 repetitions
     .venv/bin/python tools/bench.py --reps 3 --n 20000 --json /tmp/bench.json
     .venv/bin/python tools/bench.py --profile           # puka only, scenarios a and b, under cProfile
+    # client CPU per message against the raw-socket floor, at three body sizes
+    .venv/bin/python tools/bench.py --clients puka,ceiling --scenarios ab --sizes 100,4096,65536
+    # the same, A/B against another checkout of puka (e.g. ``git archive main | tar -x -C /tmp/base``)
+    .venv/bin/python tools/bench.py --clients puka,ceiling --scenarios ab --sizes 100,65536 --baseline /tmp/base
 
 Clients, each run as a worker process (``benchmarks/worker_*.py``) that prints JSON:
 
@@ -14,7 +18,10 @@ Clients, each run as a worker process (``benchmarks/worker_*.py``) that prints J
 ``pika``     pika's BlockingConnection with ``confirm_delivery`` (venv ``.peers/venv-peers``);
 ``aiormq``   aiormq on a channel with publisher confirms (same venv);
 ``puka-asyncio``  this repository's ``puka.asyncio`` client (scenarios a-c; goal: a >= 3x aiormq);
-``ceiling``  a minimal raw-socket client (``benchmarks/raw_amqp.py``, stdlib only; scenarios a-c).
+``ceiling``  a minimal raw-socket client (``benchmarks/raw_amqp.py``, stdlib only; scenarios a-c):
+             the floor of client CPU per message;
+``puka-base``  with ``--baseline DIR``: the ``puka/`` of another checkout, driven by this checkout's
+             ``benchmarks/worker_puka.py`` and this interpreter, for A/B comparisons of a change.
 
 Scenarios (see ``benchmarks/bench_common.py``), defaults in brackets:
 
@@ -30,7 +37,14 @@ second of wall clock; each worker also reports the CPU time its process spent
 in the timed part, which says what the client itself costs and suffers less
 from a busy machine.
 
-The machine is shared and noisy, so each repetition runs every scenario with
+With ``--sizes``, scenarios a and b run once per body size (each size a case
+of its own, ``a@4096``); ``n`` shrinks for big bodies so that a run moves at
+most ``--bytes-budget`` bytes (the broker holds b's whole queue).  The report
+then has a table of client CPU per message against the floor (``ceiling``):
+puka's cost ratio per case, with PASS/MISS against ``--floor-goal`` (1.5), and
+the user/system split and page faults of both.
+
+The machine is shared and noisy, so each repetition runs every case with
 every client, in a shuffled order, and the report gives medians with their
 spread ((max - min) / median).  A ratio (e.g. puka/puka008) is computed per
 repetition, from two runs made close in time; its median and range over the
@@ -143,16 +157,58 @@ GOALS = [
 ]
 #: Ratios printed for information, in every scenario both clients ran.
 INFO_PEERS = ["pika", "aiormq"]
+#: The raw-socket client: the floor of client CPU per message (goal: puka within --floor-goal of it).
+FLOOR = "ceiling"
+#: Scenarios run once per body size with --sizes; the floor's goal applies to them.
+SIZED = "ab"
 
 
-def workload(args: argparse.Namespace, client: str, scenario: str) -> tuple[int, int]:
-    """(n, message size) for one client in one scenario."""
-    if scenario == "a":
-        if client == "pika":  # not pipelined: it is scenario c again, so it gets c's n
-            return args.n_serial, args.size
-        return (args.peer_n if client in INFO_PEERS else args.n), args.size
-    if scenario == "b":
-        return (args.peer_n if client in INFO_PEERS else args.n), args.size
+@dataclass(frozen=True)
+class Case:
+    """One scenario at one body size: what a repetition runs with every client."""
+
+    scenario: str
+    size: int
+    sized: bool  # several sizes were asked for: the label names the size
+
+    @property
+    def label(self) -> str:
+        return "%s@%d" % (self.scenario, self.size) if self.sized else self.scenario
+
+    @property
+    def title(self) -> str:
+        title = "%s. %s" % (self.scenario, SCENARIOS[self.scenario][0])
+        return "%s, %s" % (title, fmt_size(self.size)) if self.sized else title
+
+
+def fmt_size(size: int) -> str:
+    if size >= 1024 and size % 1024 == 0:
+        return "%d KiB" % (size // 1024)
+    return "%d B" % size
+
+
+def make_cases(args: argparse.Namespace, scenarios: list[str]) -> list[Case]:
+    sizes = args.sizes or [args.size]
+    sized = len(sizes) > 1
+    cases = []
+    for scenario in scenarios:
+        if scenario in SIZED:
+            cases += [Case(scenario, size, sized) for size in sizes]
+        else:
+            cases.append(Case(scenario, args.size, False))
+    return cases
+
+
+def workload(args: argparse.Namespace, client: str, scenario: str, size: int | None = None) -> tuple[int, int]:
+    """(n, message size) for one client in one scenario (a and b: at ``size``, --size by default)."""
+    size = args.size if size is None else size
+    if scenario in SIZED:
+        if scenario == "a" and client == "pika":  # not pipelined: it is scenario c again, so it gets c's n
+            n = args.n_serial
+        else:
+            n = args.peer_n if client in INFO_PEERS else args.n
+        # Big bodies: fewer messages, so the broker never holds more than the budget (b fills a queue).
+        return max(1, min(n, args.bytes_budget // max(size, 1))), size
     if scenario == "c":
         return args.n_serial, args.size
     if scenario == "d":
@@ -211,7 +267,9 @@ def run_worker(args: argparse.Namespace, client: str, scenario: str, n: int, siz
         error = "exit %d: %s" % (done.returncode, tail[-1])
         return {"client": client, "scenario": scenario, "error": error, "stderr": tail}
     try:
-        return json.loads(lines[-1])
+        result = json.loads(lines[-1])
+        result["client"] = client  # puka-base runs puka's worker, which names itself puka
+        return result
     except ValueError:
         return {"client": client, "scenario": scenario, "error": "bad output: %r" % lines[-1][:200]}
 
@@ -244,15 +302,15 @@ def fmt_rate(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def summarize(data: dict, clients: list[str], scenarios: list[str]) -> dict:
-    """summary[metric][scenario][client] = stats over the repetitions."""
+def summarize(data: dict, clients: list[str], cases: list[Case]) -> dict:
+    """summary[metric][case label][client] = stats over the repetitions."""
     summary: dict = {}
     for metric in METRICS:
-        for scenario in scenarios:
+        for case in cases:
             for client in clients:
-                values = [v for v in data[metric][scenario][client] if v is not None]
+                values = [v for v in data[metric][case.label][client] if v is not None]
                 if values:
-                    summary.setdefault(metric, {}).setdefault(scenario, {})[client] = stats(values)
+                    summary.setdefault(metric, {}).setdefault(case.label, {})[client] = stats(values)
     return summary
 
 
@@ -262,79 +320,191 @@ def paired_ratio(series: dict, num: str, den: str) -> dict | None:
     return stats(pairs) if pairs else None
 
 
-def ratios(data: dict, clients: list[str], scenarios: list[str]) -> list[dict]:
-    wanted = [(scenario, num, den, goal) for scenario, num, den, goal in GOALS]
-    wanted += [(scenario, "puka", peer, None) for peer in INFO_PEERS for scenario in SCENARIOS]
+def ratios(data: dict, clients: list[str], cases: list[Case]) -> list[dict]:
     rows = []
-    for scenario, num, den, goal in wanted:
-        if scenario not in scenarios or num not in clients or den not in clients:
-            continue
-        if scenario not in CLIENTS[num].scenarios or scenario not in CLIENTS[den].scenarios:
-            continue
-        row = {"scenario": scenario, "ratio": "%s/%s" % (num, den), "goal": goal}
-        for metric in METRICS:
-            row[metric] = paired_ratio(data[metric][scenario], num, den)
-        found = row["rate"]
-        if found is None:
-            row["verdict"] = "n/a"
-        elif goal is None:
-            row["verdict"] = "info"
-        else:
-            row["verdict"] = "PASS" if found["median"] >= goal else "MISS"
-            if found["min"] < goal <= found["max"]:
-                row["verdict"] += "*"  # the paired ratios straddle the goal
-        rows.append(row)
+    for case in cases:
+        scenario = case.scenario
+        wanted = [(num, den, goal) for s, num, den, goal in GOALS if s == scenario]
+        wanted += [("puka", peer, None) for peer in INFO_PEERS]
+        for num, den, goal in wanted:
+            if num not in clients or den not in clients:
+                continue
+            if scenario not in CLIENTS[num].scenarios or scenario not in CLIENTS[den].scenarios:
+                continue
+            row = {"case": case.label, "title": case.title, "ratio": "%s/%s" % (num, den), "goal": goal}
+            for metric in METRICS:
+                row[metric] = paired_ratio(data[metric][case.label], num, den)
+            found = row["rate"]
+            if found is None:
+                row["verdict"] = "n/a"
+            elif goal is None:
+                row["verdict"] = "info"
+            else:
+                row["verdict"] = "PASS" if found["median"] >= goal else "MISS"
+                if found["min"] < goal <= found["max"]:
+                    row["verdict"] += "*"  # the paired ratios straddle the goal
+            rows.append(row)
     return rows
 
 
-def print_tables(meta: dict, summary: dict, notes: dict, ratio_rows: list[dict], clients: list[str]) -> None:
+def floor_ratios(data: dict, clients: list[str], cases: list[Case], goal: float) -> list[dict]:
+    """Client CPU per message over the floor's, per repetition, for every client in a and b.
+
+    puka's rows get PASS/MISS: the median cost ratio at most ``goal``; * when the
+    per-repetition ratios straddle it.  The other clients' rows are for information.
+    """
+    rows = []
+    for case in cases:
+        if case.scenario not in SIZED or FLOOR not in clients:
+            continue
+        series = data["cpu"][case.label]
+        for client in clients:
+            if client == FLOOR or case.scenario not in CLIENTS[client].scenarios:
+                continue
+            found = paired_ratio(series, FLOOR, client)  # efficiency floor/client = cost client/floor
+            row = {"case": case.label, "title": case.title, "client": client, "cost_ratio": found}
+            if found is None:
+                row["verdict"] = "n/a"
+            elif client != "puka":
+                row["verdict"] = "info"
+            else:
+                row["goal"] = goal
+                row["verdict"] = "PASS" if found["median"] <= goal else "MISS"
+                if found["min"] <= goal < found["max"]:
+                    row["verdict"] += "*"
+            rows.append(row)
+    return rows
+
+
+def print_tables(
+    meta: dict,
+    summary: dict,
+    notes: dict,
+    ratio_rows: list[dict],
+    clients: list[str],
+    cases: list[Case],
+    floor_rows: list[dict],
+    counters: dict,
+) -> None:
     print()
     print(
         "puka end-to-end benchmark: %s, RabbitMQ %s, %d repetition(s), %s CPUs, load average %s"
         % (meta["url"], meta["broker"], meta["reps"], meta["cpus"], " -> ".join(meta["load"]))
     )
     width = 19
-    header = "%-38s %-7s" % ("scenario", "unit") + "".join("%*s" % (width, c) for c in clients)
+    title_width = max([38] + [len(case.title) + 1 for case in cases])
+    header = "%-*s %-7s" % (title_width, "scenario", "unit") + "".join("%*s" % (width, c) for c in clients)
     print()
     print("THROUGHPUT: median per client, ± spread = (max-min)/median over the repetitions; higher is better")
     print(header)
     rates = summary.get("rate", {})
-    for scenario, (title, unit) in SCENARIOS.items():
-        if scenario in rates:
+    for case in cases:
+        if case.label in rates:
             cells = [
                 "%s ±%2.0f%%" % (fmt_rate(cell["median"]), 100 * cell["spread"]) if cell else "-"
-                for cell in (rates[scenario].get(client) for client in clients)
+                for cell in (rates[case.label].get(client) for client in clients)
             ]
-            print("%-38s %-7s" % ("%s. %s" % (scenario, title), unit) + "".join("%*s" % (width, c) for c in cells))
+            unit = SCENARIOS[case.scenario][1]
+            print("%-*s %-7s" % (title_width, case.title, unit) + "".join("%*s" % (width, c) for c in cells))
     print()
     print("CLIENT CPU COST: median CPU time of the worker process per message (d: per MiB, e: per declare); lower is")
     print("better.  Less sensitive to a busy machine than throughput; the broker's own CPU is not in it.")
-    print("%-38s %-7s" % ("scenario", "") + "".join("%*s" % (width, c) for c in clients))
+    print("%-*s %-7s" % (title_width, "scenario", "") + "".join("%*s" % (width, c) for c in clients))
     cpus = summary.get("cpu", {})
-    for scenario, (title, _unit) in SCENARIOS.items():
-        if scenario in cpus:
+    for case in cases:
+        if case.label in cpus:
             cells = [
-                "%s ±%2.0f%%" % (cpu_cost(cell["median"], scenario), 100 * cell["spread"]) if cell else "-"
-                for cell in (cpus[scenario].get(client) for client in clients)
+                "%s ±%2.0f%%" % (cpu_cost(cell["median"], case.scenario), 100 * cell["spread"]) if cell else "-"
+                for cell in (cpus[case.label].get(client) for client in clients)
             ]
-            print("%-38s %-7s" % ("%s. %s" % (scenario, title), "") + "".join("%*s" % (width, c) for c in cells))
+            print("%-*s %-7s" % (title_width, case.title, "") + "".join("%*s" % (width, c) for c in cells))
     print()
     print("WORKLOADS AND NOTES")
-    for (scenario, client), note in sorted(notes.items()):
-        print("  %s %-8s %s" % (scenario, client, note))
+    for (label, client), note in sorted(notes.items()):
+        print("  %-8s %-12s %s" % (label, client, note))
+    if floor_rows:
+        print_floor(floor_rows, cpus, counters, title_width)
     print()
     print("RATIOS, paired per repetition: median [min-max] of the per-repetition ratios.  The verdict compares the")
     print("throughput median with the goal; * = the per-repetition ratios straddle the goal (inconclusive run).")
     print("CPU = the same ratio of CPU efficiency (how many times less client CPU per unit puka needs).")
-    print("%-14s %-36s %20s %6s  %-8s %20s" % ("ratio", "scenario", "throughput", "goal", "verdict", "CPU"))
+    print("%-14s %-*s %20s %6s  %-8s %20s" % ("ratio", title_width, "scenario", "throughput", "goal", "verdict", "CPU"))
     for row in ratio_rows:
-        title = "%s. %s" % (row["scenario"], SCENARIOS[row["scenario"]][0])
         cells = []
         for metric in METRICS:
             found = row[metric]
             cells.append("%.2f [%.2f-%.2f]" % (found["median"], found["min"], found["max"]) if found else "-")
         goal = ">=%g" % row["goal"] if row["goal"] is not None else ""
-        print("%-14s %-36s %20s %6s  %-8s %20s" % (row["ratio"], title, cells[0], goal, row["verdict"], cells[1]))
+        print(
+            "%-14s %-*s %20s %6s  %-8s %20s"
+            % (row["ratio"], title_width, row["title"], cells[0], goal, row["verdict"], cells[1])
+        )
+
+
+def print_floor(rows: list[dict], cpus: dict, counters: dict, title_width: int) -> None:
+    """The table of goal 1: client CPU per message over the raw-socket floor's."""
+    print()
+    print("CPU PER MESSAGE AGAINST THE RAW-SOCKET FLOOR (%s): client CPU per message, median [min-max] over" % FLOOR)
+    print("the repetitions; cost ratio = client/floor computed per repetition (runs close in time), median")
+    print("[min-max]; puka's verdict: PASS when the median is at most the goal (* = the repetitions straddle it).")
+    print("user/sys: median CPU split per message (os.times); faults: minor page faults per message.")
+    print(
+        "%-*s %-13s %24s %24s %8s  %-7s %22s %10s"
+        % (
+            title_width,
+            "scenario",
+            "client",
+            "client CPU/msg",
+            "cost ratio to floor",
+            "goal",
+            "verdict",
+            "user/sys per msg",
+            "faults",
+        )
+    )
+    by_case: dict[str, list[dict]] = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row)
+    for label, case_rows in by_case.items():
+        for index, row in enumerate([None, *case_rows]):
+            client = FLOOR if row is None else row["client"]
+            cell = cpus.get(label, {}).get(client)
+            cost = "%.3g µs [%.3g-%.3g]" % (1e6 / cell["median"], 1e6 / cell["max"], 1e6 / cell["min"]) if cell else "-"
+            split = counters.get(label, {}).get(client)
+            split_text = "%.3g / %.3g µs" % (split["user"], split["sys"]) if split else "-"
+            faults = "%.2g" % split["faults"] if split else "-"
+            if row is None:
+                ratio, goal, verdict = "1 (the floor)", "", ""
+            else:
+                found = row["cost_ratio"]
+                ratio = "%.2f [%.2f-%.2f]" % (found["median"], found["min"], found["max"]) if found else "-"
+                goal = "<=%g" % row["goal"] if "goal" in row else ""
+                verdict = row["verdict"]
+            title = case_rows[0]["title"] if index == 0 else ""
+            print(
+                "%-*s %-13s %24s %24s %8s  %-7s %22s %10s"
+                % (title_width, title, client, cost, ratio, goal, verdict, split_text, faults)
+            )
+
+
+def split_counters(runs: list[dict], cases: list[Case]) -> dict:
+    """counters[case label][client] = median user and system µs per message and page faults per message."""
+    by_key: dict = {}
+    labels = {(case.scenario, case.size): case.label for case in cases}
+    for run in runs:
+        if "error" in run or "cpu_user" not in run:
+            continue
+        label = labels.get((run["scenario"], run["size"]))
+        if label is None or not run["count"]:
+            continue
+        entry = by_key.setdefault(label, {}).setdefault(run["client"], {"user": [], "sys": [], "faults": []})
+        entry["user"].append(1e6 * run["cpu_user"] / run["count"])
+        entry["sys"].append(1e6 * run["cpu_sys"] / run["count"])
+        entry["faults"].append(run["minor_faults"] / run["count"])
+    return {
+        label: {client: {k: statistics.median(v) for k, v in entry.items()} for client, entry in per.items()}
+        for label, per in by_key.items()
+    }
 
 
 def broker_version(url: str) -> str:
@@ -392,26 +562,28 @@ def load() -> str:
 
 def profile(args: argparse.Namespace, clients: list[str]) -> int:
     """Run scenarios a and b (or --scenarios) once per client under cProfile; print the top functions."""
-    scenarios = args.scenarios or ["a", "b"]
+    cases = make_cases(args, args.scenarios or ["a", "b"])
     failed = 0
     for client in clients:
-        for scenario in scenarios:
+        for case in cases:
+            scenario = case.scenario
             if scenario not in CLIENTS[client].scenarios:
                 continue
-            n, size = workload(args, client, scenario)
+            n, size = workload(args, client, scenario, case.size)
             result = run_worker(args, client, scenario, n, size, profile=args.profile_top)
             print("=" * 100)
             if "error" in result:
-                print("%s %s: %s" % (client, scenario, result["error"]))
+                print("%s %s: %s" % (client, case.label, result["error"]))
                 failed += 1
                 continue
             print(
-                "%s, scenario %s (%s), n=%d: %.3fs under cProfile, %s %s"
+                "%s, scenario %s (%s), n=%d x %d B: %.3fs under cProfile, %s %s"
                 % (
                     client,
                     scenario,
                     SCENARIOS[scenario][0],
                     n,
+                    size,
                     result["seconds"],
                     fmt_rate(measure(result)["rate"]),
                     SCENARIOS[scenario][1],
@@ -445,6 +617,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="messages in c, and in a for pika which cannot pipeline (default %(default)s)",
     )
     parser.add_argument("--size", type=int, default=100, help="message size in a-c (default %(default)s)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(size) for size in s.split(",")],
+        default=None,
+        help="comma-separated body sizes: scenarios a and b run once per size, e.g. 100,4096,65536",
+    )
+    parser.add_argument(
+        "--bytes-budget",
+        type=int,
+        default=64 * MIB,
+        help="most body bytes one run of a or b moves: n shrinks for big bodies (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--floor-goal",
+        type=float,
+        default=1.5,
+        help="goal: puka's client CPU per message at most this many times the floor's (default %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the puka of another checkout (client puka-base) for an A/B comparison",
+    )
     parser.add_argument("--n-big", type=int, default=20, help="messages in d (default %(default)s)")
     parser.add_argument("--big-size", type=int, default=16 * MIB, help="message size in d (default 16 MiB)")
     parser.add_argument("--n-declares", type=int, default=500, help="queue declares in e (default %(default)s)")
@@ -489,13 +684,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=30, help="functions shown per profile")
     args = parser.parse_args(argv)
     for client in args.clients or ():
-        if client not in CLIENTS:
+        if client not in CLIENTS and not (client == "puka-base" and args.baseline):
             parser.error("unknown client %r (choose from %s)" % (client, ", ".join(CLIENTS)))
     for scenario in args.scenarios or ():
         if scenario not in SCENARIOS:
             parser.error("unknown scenario %r (choose from %s)" % (scenario, "".join(SCENARIOS)))
     if args.reps < 1:
         parser.error("--reps must be at least 1")
+    if args.baseline:
+        if not os.path.exists(os.path.join(args.baseline, "puka", "__init__.py")):
+            parser.error("--baseline %s: no puka package there" % args.baseline)
+        CLIENTS["puka-base"] = ClientSpec(
+            "puka-base", "worker_puka.py", ["--impl", "puka", "--repo", os.path.abspath(args.baseline)]
+        )
+        if args.clients and "puka-base" not in args.clients:
+            args.clients.append("puka-base")
     return args
 
 
@@ -527,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     scenarios = args.scenarios or list(SCENARIOS)
+    cases = make_cases(args, scenarios)
     rng = random.Random(args.seed)
     meta = {
         "url": redact(args.url),
@@ -542,43 +746,47 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     if args.warmup:  # fails early when a worker cannot run; primes caches
         for client in clients:
-            result = run_worker(args, client, "a", 1000, args.size)
+            result = run_worker(args, client, "a", 1000, min(args.sizes or [args.size]))
             if "error" in result:
                 failures.append(result)
                 print("warm-up of %s failed: %s" % (client, result["error"]), file=sys.stderr)
 
     runs: list[dict] = []
     notes: dict = {}
-    data: dict = {m: {s: {c: [] for c in clients} for s in scenarios} for m in METRICS}
+    data: dict = {m: {case.label: {c: [] for c in clients} for case in cases} for m in METRICS}
     started = time.monotonic()
     for rep in range(args.reps):
-        for scenario in scenarios:
+        order_of_cases = list(cases)
+        if len(cases) > len(scenarios):
+            rng.shuffle(order_of_cases)  # several sizes: their order changes too
+        for case in order_of_cases:
+            scenario, label = case.scenario, case.label
             order = [c for c in clients if scenario in CLIENTS[c].scenarios]
             rng.shuffle(order)
             for client in order:
-                n, size = workload(args, client, scenario)
+                n, size = workload(args, client, scenario, case.size)
                 result = run_once(args, client, scenario, n, size)
                 result["rep"] = rep
                 runs.append(result)
                 if "error" in result:
                     failures.append(result)
                     for metric in METRICS:
-                        data[metric][scenario][client].append(None)
-                    print("rep %d %s %s: FAILED %s" % (rep + 1, scenario, client, result["error"]), file=sys.stderr)
+                        data[metric][label][client].append(None)
+                    print("rep %d %s %s: FAILED %s" % (rep + 1, label, client, result["error"]), file=sys.stderr)
                     continue
                 values = measure(result)
                 for metric in METRICS:
-                    data[metric][scenario][client].append(values[metric])
+                    data[metric][label][client].append(values[metric])
                 note = "n=%d x %d B" % (n, size)
                 if result.get("note"):
                     note += "; " + result["note"]
-                notes[(scenario, client)] = note
+                notes[(label, client)] = note
                 print(
-                    "rep %d/%d  %s %-8s %12s %-7s %7.3fs  CPU %s"
+                    "rep %d/%d  %-8s %-12s %12s %-7s %7.3fs  CPU %s"
                     % (
                         rep + 1,
                         args.reps,
-                        scenario,
+                        label,
                         client,
                         fmt_rate(values["rate"]),
                         SCENARIOS[scenario][1],
@@ -591,9 +799,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["versions"] = {r["client"]: r["versions"] for r in runs if r.get("versions")}
 
-    summary = summarize(data, clients, scenarios)
-    ratio_rows = ratios(data, clients, scenarios)
-    print_tables(meta, summary, notes, ratio_rows, clients)
+    summary = summarize(data, clients, cases)
+    ratio_rows = ratios(data, clients, cases)
+    floor_rows = floor_ratios(data, clients, cases, args.floor_goal)
+    counters = split_counters(runs, cases)
+    print_tables(meta, summary, notes, ratio_rows, clients, cases, floor_rows, counters)
     print()
     versions = ", ".join(
         "%s: %s" % (client, " ".join("%s %s" % kv for kv in meta["versions"][client].items()))
@@ -615,6 +825,8 @@ def main(argv: list[str] | None = None) -> int:
             "workloads": {"%s/%s" % key: note for key, note in notes.items()},
             "summary": summary,
             "ratios": ratio_rows,
+            "floor": floor_rows,
+            "counters": counters,
             "runs": runs,
         }
         with open(args.json, "w") as out:
