@@ -558,7 +558,10 @@ class Client:
         """
         table = self._table
         result = table.take(promise)
-        if len(table.ready) > table.compact_at:
+        ready = table.ready
+        if ready and ready[0] is promise:
+            ready.popleft()  # its entry in ``ready`` (taken in order: nothing left to compact)
+        elif len(ready) > table.compact_at:
             table.compact_ready()
         if self._consuming.pending_acks:
             self._core.flush()
@@ -809,7 +812,8 @@ class Client:
 
     def basic_ack(self, msg_result: dict[str, Any], multiple: bool = False) -> None:
         """Acknowledge a delivered message (and, with ``multiple``, every earlier one of its consume)."""
-        self._consuming.settle(msg_result, "ack", multiple=multiple, before_send=self._settle_hook("ack"))
+        hook = None if self._chain is None else self._settle_hook("ack")
+        self._consuming.settle(msg_result, "ack", True, multiple, hook)
 
     def basic_reject(self, msg_result: dict[str, Any], requeue: bool = True) -> None:
         """Reject a delivered message, requeueing it by default."""

@@ -13,8 +13,12 @@ and the reader is then unusable (the connection must go).
 The writers build frames for the other direction.  A message is a method
 frame, a content header frame and as many body frames as ``frame_max - 8``
 requires; small messages come out as one ``bytes`` (one allocation), large
-ones as a list whose body parts are ``memoryview`` slices of the caller's
-body, so tens of MiB are never copied into frames.
+ones as a list whose body parts are the caller's body or ``memoryview``
+slices of it, so big bodies are never copied into frames (the transport
+writes them from their own memory).  A ``bytes`` body counts as large above
+:data:`JOIN_LIMIT`; a ``bytearray`` or ``memoryview`` one, which the caller
+may change once the call returns, only above :data:`COPY_LIMIT` (below it, it
+is copied at the call).
 
 No sockets, no clocks: the connection layer owns those.
 """
@@ -36,11 +40,17 @@ _pack_header = _header.pack
 _content_header = Struct(">BHIHHQ")
 _pack_content_header = _content_header.pack
 _END = bytes((FRAME_END,))
+#: the frame-end octet of one frame and the header of the next: a content header, a body frame
+_pack_end_content_header = Struct(">BBHIHHQ").pack
+_pack_end_body_header = Struct(">BBHI").pack
 
 #: A heartbeat frame (channel 0, empty payload).
 HEARTBEAT = _pack_header(FRAME_HEARTBEAT, 0, 0) + _END
-#: Body bytes at or under which a message is written as a single bytes object.
-JOIN_LIMIT = 64 * 1024
+#: Body bytes at or under which a message with a ``bytes`` body is written as a single bytes object.
+JOIN_LIMIT = 4096
+#: Likewise for a ``bytearray`` or ``memoryview`` body: copied at the call up to this size, so the
+#: caller may reuse its buffer once basic_publish returns.
+COPY_LIMIT = 64 * 1024
 _KNOWN_TYPES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT))
 
 
@@ -73,8 +83,11 @@ class FrameReader:
         """Add received bytes; return the frames they completed (maybe none)."""
         buf = self._buffer
         if buf:
-            buf += data
-            data = buf
+            # Frames are cut from one bytes object: a slice of it is the payload (one copy).
+            data = b"".join((buf, data))
+            buf.clear()
+        elif data.__class__ is not bytes:
+            data = bytes(data)
         frames: list[Frame] = []
         append = frames.append
         size = len(data)
@@ -91,12 +104,10 @@ class FrameReader:
                 raise DecodeError("bad frame-end octet %#04x" % data[end])
             if frame_type not in _KNOWN_TYPES:
                 raise DecodeError("unknown frame type %d" % frame_type)
-            append((frame_type, channel, bytes(data[pos + 7 : end])))
+            append((frame_type, channel, data[pos + 7 : end]))
             pos = end + 1
-        if data is buf:
-            del buf[:pos]
-        elif pos < size:
-            buf += data[pos:]
+        if pos < size:
+            buf += memoryview(data)[pos:]
         return frames
 
 
@@ -119,26 +130,44 @@ def content_frames(
     list of buffers to write in order: one ``bytes`` when the body is small, the
     body's own memory (``memoryview`` slices) otherwise.
     """
-    if type(body) is not bytes:
+    join_limit = JOIN_LIMIT
+    if body.__class__ is not bytes:
         body = memoryview(body)
         if body.format != "B" or body.ndim != 1:
             body = body.cast("B")
+        join_limit = COPY_LIMIT
     body_size = len(body)
+    chunk = frame_max - 8 if frame_max else body_size
+    if 0 < body_size <= join_limit and body_size <= chunk:
+        # One bytes object: method frame, content header, body frame.
+        return [
+            b"".join(
+                (
+                    _pack_header(FRAME_METHOD, channel, len(method_payload)),
+                    method_payload,
+                    _pack_end_content_header(
+                        FRAME_END, FRAME_HEADER, channel, 12 + len(properties), class_id, 0, body_size
+                    ),
+                    properties,
+                    _pack_end_body_header(FRAME_END, FRAME_BODY, channel, body_size),
+                    body,
+                    _END,
+                )
+            )
+        ]
     head = b"".join(
         (
             _pack_header(FRAME_METHOD, channel, len(method_payload)),
             method_payload,
-            _END,
-            _pack_content_header(FRAME_HEADER, channel, 12 + len(properties), class_id, 0, body_size),
+            _pack_end_content_header(FRAME_END, FRAME_HEADER, channel, 12 + len(properties), class_id, 0, body_size),
             properties,
             _END,
         )
     )
     if not body_size:
         return [head]
-    chunk = frame_max - 8 if frame_max else body_size
-    if body_size <= chunk and body_size <= JOIN_LIMIT:
-        return [b"".join((head, _pack_header(FRAME_BODY, channel, body_size), body, _END))]
+    if body_size <= chunk:
+        return [head, _pack_header(FRAME_BODY, channel, body_size), body, _END]
     view = memoryview(body)
     out: list[Buffer] = [head]
     for start in range(0, body_size, chunk):

@@ -199,7 +199,8 @@ class PromiseTable:
         results = promise.results
         result = results.popleft() if results.__class__ is deque else results.pop(0)
         if promise.final and not results and not promise.held:
-            self.forget(promise)
+            if self.promises.pop(promise.number, None) is not None:  # forget(promise), inline
+                self.on_forget(promise)
         return result
 
     def forget(self, promise: Promise) -> None:

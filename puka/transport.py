@@ -12,8 +12,11 @@ socket and the layers above, and knows AMQP only as far as framing.
 * Outbound data is a deque of buffers.  Writing happens when the event loop
   says the socket is writable (:meth:`on_write`), and eagerly once the buffer
   passes :data:`WRITE_EAGERLY`, so bulk publishing streams instead of piling up.
-  Small buffers are coalesced into one ``send``; large ones (message bodies)
-  are sent from their own memory, never copied into a joined buffer.
+  Small buffers (under :data:`COALESCE_LIMIT`: frames, small messages) are
+  copied into one reused ``bytearray`` at the end of the deque, so many of them
+  go out in one ``send``; large ones (message bodies) are queued as they are
+  and sent from their own memory, never copied: on a plain socket one
+  ``sendmsg`` writes up to :data:`SEND_CHUNK` bytes of several buffers at once.
 * Heartbeats: once an interval is set, :meth:`check_timers` sends a heartbeat
   when nothing was sent for half of it and declares the peer dead when nothing
   arrived for two intervals.  A deadline (connection timeout) can be armed too.
@@ -64,10 +67,12 @@ CLOSED = TransportState.CLOSED
 
 #: Try writing at once when this many bytes are waiting, instead of waiting for the loop.
 WRITE_EAGERLY = 128 * 1024
-#: Buffers under this size are joined into one send; larger ones go from their own memory.
-COALESCE_LIMIT = 64 * 1024
-#: Most bytes handed to one send() call.
+#: Buffers under this size are copied into the send buffer; larger ones go from their own memory.
+COALESCE_LIMIT = 4096
+#: Most bytes handed to one sendmsg() call.
 SEND_CHUNK = 256 * 1024
+#: Most buffers handed to one sendmsg() call (POSIX guarantees 16; Linux and the BSDs take 1024).
+SEND_BUFFERS = 512
 RECV_SIZE = 256 * 1024
 _poll = getattr(select, "poll", None)
 _POLLIN = getattr(select, "POLLIN", 1)
@@ -96,7 +101,15 @@ class Transport:
         self.state: TransportState = IDLE
         self.sock: Any = None
         self.reader = FrameReader()
+        #: what waits to be written, in order: bytearrays of coalesced small buffers, and large buffers
         self._out: deque[Buffer] = deque()
+        #: the bytearray small buffers are copied into (reused once written); it is ``_out[-1]`` while open
+        self._small = bytearray()
+        #: write with sendmsg (several buffers per call): a plain socket that has it (set when open)
+        self._gather = False
+        #: backlog at which send() writes at once; raised while the socket takes no more, so a
+        #: publishing loop does not retry a full socket on every message
+        self._eager = WRITE_EAGERLY
         #: bytes queued and not yet written to the socket
         self.backlog = 0
         self._want_write = False  # TLS handshake asked for writability
@@ -162,6 +175,7 @@ class Transport:
             return
         if self.ssl_context is None:
             self.state = OPEN
+            self._gather = hasattr(self.sock, "sendmsg")
             self.on_write()
             return
         try:
@@ -292,24 +306,49 @@ class Transport:
         out = self._out
         sock = self.sock
         while out:
-            head = out[0]
-            if len(head) >= COALESCE_LIMIT or len(out) == 1:
-                data = head
+            if self._gather and len(out) > 1:
+                buffers: list[Buffer] = []
+                total = 0
+                for data in out:
+                    buffers.append(data)
+                    total += len(data)
+                    if total >= SEND_CHUNK or len(buffers) == SEND_BUFFERS:
+                        break
+                try:
+                    sent = sock.sendmsg(buffers)
+                except (BlockingIOError, InterruptedError):
+                    self._eager = self.backlog + WRITE_EAGERLY
+                    return
+                except OSError as exc:
+                    self._write_failed(exc)
+                    return
             else:
-                data = self._coalesce()
-            try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._write_failed(exc)
-                return
+                try:
+                    sent = sock.send(out[0])
+                except (BlockingIOError, InterruptedError):
+                    self._eager = self.backlog + WRITE_EAGERLY
+                    return
+                except OSError as exc:
+                    self._write_failed(exc)
+                    return
             self.last_send = time.monotonic()
             self.backlog -= sent
-            if sent < len(out[0]):
-                out[0] = memoryview(out[0])[sent:]
-                return
-            out.popleft()
+            small = self._small
+            while sent:
+                data = out[0]
+                size = len(data)
+                if sent < size:
+                    if isinstance(data, bytearray):
+                        del data[:sent]  # cheap: a bytearray drops its head by moving its start
+                    else:
+                        out[0] = memoryview(data)[sent:]
+                    self._eager = self.backlog + WRITE_EAGERLY
+                    return  # the socket took what it could
+                sent -= size
+                out.popleft()
+                if data is small:
+                    del small[:]  # written: reused for the next small buffers
+        self._eager = WRITE_EAGERLY
 
     def _write_failed(self, exc: OSError) -> None:
         """send() failed.  The peer may have said why before it went -- a connection.close
@@ -320,6 +359,7 @@ class Transport:
             return
         self.write_error = exc
         self._out.clear()
+        self._small = bytearray()
         self.backlog = 0
         deadline = time.monotonic() + 1.0
         if self.deadline is None or self.deadline > deadline:
@@ -331,21 +371,6 @@ class Transport:
         if not _is_ssl_want(exc):
             self._fail("connection to %s lost: %s" % (self._where(), exc.strerror or exc))
 
-    def _coalesce(self) -> bytes:
-        """Join small buffers at the head of the queue into one (leaves it at the head)."""
-        out = self._out
-        parts: list[Buffer] = []
-        total = 0
-        while out and total < SEND_CHUNK:
-            head = out[0]
-            if len(head) >= COALESCE_LIMIT and parts:
-                break
-            parts.append(out.popleft())
-            total += len(head)
-        joined = b"".join(parts)
-        out.appendleft(joined)
-        return joined
-
     # --- sending ----------------------------------------------------------------------------------
 
     def send(self, data: Buffer) -> None:
@@ -356,11 +381,24 @@ class Transport:
             return  # the connection is ending (see _write_failed): what is sent now is lost with it
         if self.frame_tap is not None:
             self.frame_tap.bytes_out(data)
-        if not self.backlog and self.wakeup is not None:
+        size = len(data)
+        if not size:
+            return
+        backlog = self.backlog
+        if not backlog and self.wakeup is not None:
             self.wakeup()
-        self._out.append(data)
-        self.backlog += len(data)
-        if self.backlog >= WRITE_EAGERLY and self.state is OPEN:
+        out = self._out
+        if size < COALESCE_LIMIT:
+            small = self._small
+            if not out or out[-1] is not small:
+                if small:  # still queued behind a large buffer: a new one
+                    self._small = small = bytearray()
+                out.append(small)
+            small += data
+        else:
+            out.append(data)
+        self.backlog = backlog = backlog + size
+        if backlog >= self._eager and self.state is OPEN:
             self.on_write()
 
     def send_many(self, buffers: list[Buffer]) -> None:
@@ -373,12 +411,25 @@ class Transport:
         if self.frame_tap is not None:
             for data in buffers:
                 self.frame_tap.bytes_out(data)
-        if not self.backlog and self.wakeup is not None:
+        backlog = self.backlog
+        if not backlog and self.wakeup is not None:
             self.wakeup()
+        small = self._small
         for data in buffers:
-            out.append(data)
-            self.backlog += len(data)
-        if self.backlog >= WRITE_EAGERLY and self.state is OPEN:
+            size = len(data)
+            if not size:
+                continue
+            if size < COALESCE_LIMIT:
+                if not out or out[-1] is not small:
+                    if small:
+                        self._small = small = bytearray()
+                    out.append(small)
+                small += data
+            else:
+                out.append(data)
+            backlog += size
+        self.backlog = backlog
+        if backlog >= self._eager and self.state is OPEN:
             self.on_write()
 
     def set_frame_max(self, frame_max: int) -> None:
@@ -532,6 +583,7 @@ class Transport:
         self.state = CLOSED
         self._poller = None
         self._out.clear()
+        self._small = bytearray()
         self.backlog = 0
         sock, self.sock = self.sock, None
         if sock is not None:

@@ -647,6 +647,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "                if body_size >= self.max_message_size:\n",
         ("tests/test_malformed.py",),
         "a message of exactly max_message_size bytes is refused",
+        more=(
+            (
+                "body_size == len(content) and body_size <= self.max_message_size:\n",
+                "body_size == len(content) and body_size < self.max_message_size:\n",
+            ),
+        ),
     ),
     Mutant(
         "channel_max_negotiation_max",

@@ -30,7 +30,10 @@ use and is discarded.  Only the unexpected paths look at the state: a frame
 the channel expects costs nothing more.
 
 This loop is the delivery hot path: the transitions are written inline, each
-checked with one identity test on the channel's state.
+checked with one identity test on the channel's state.  The common case -- a
+content method whose header and single body frame follow in the same batch --
+goes through all three at once: the same checks, without the stops in
+``HEADER`` and ``BODY``.
 """
 
 from __future__ import annotations
@@ -90,7 +93,11 @@ class Assembler:
         """Dispatch a batch of frames from the transport."""
         channels = self.channels
         methods = _METHODS
-        for frame_type, number, payload in frames:
+        count = len(frames)
+        index = 0
+        while index < count:
+            frame_type, number, payload = frames[index]
+            index += 1
             channel = channels.get(number)
             if channel is None:
                 self._violation("frame of type %d on channel %d, which is not open" % (frame_type, number))
@@ -117,6 +124,27 @@ class Assembler:
                     self._violation("%s on channel %d has %d bytes too many" % (cls.name, number, len(payload) - end))
                     return
                 if cls.has_content:
+                    if index + 1 < count and cls.class_id == 60:
+                        # The header and the body may be right behind it: the whole message at once.
+                        header_frame = frames[index]
+                        body_frame = frames[index + 1]
+                        if (
+                            header_frame[0] == 2
+                            and header_frame[1] == number
+                            and body_frame[0] == 3
+                            and body_frame[1] == number
+                        ):
+                            try:
+                                body_size, props = _decode_header(header_frame[2])
+                            except spec.DecodeError:
+                                body_size = 0  # the header's own branch below reports it
+                            content = body_frame[2]
+                            if 0 < body_size == len(content) and body_size <= self.max_message_size:
+                                index += 2
+                                self._complete(channel, method, props, content)
+                                if self.stopped:
+                                    return
+                                continue
                     channel.partial = method
                     channel.assembly = HEADER
                     continue

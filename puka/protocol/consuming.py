@@ -38,10 +38,12 @@ the promise keeps its channel while it ``held`` any.
 from __future__ import annotations
 
 from collections import deque
+from struct import Struct
 
 from .. import exceptions, spec
 from ..framing import method_frame
 from ..promise import Kind, Result
+from .channels import ChannelState
 from .publishing import REPLY_TO
 
 TYPE_CHECKING = False
@@ -67,9 +69,15 @@ _encode_nack = M["basic.nack"].encode_args
 _encode_reject = M["basic.reject"].encode_args
 _encode_qos = M["basic.qos"].encode_args
 _encode_cancel = M["basic.cancel"].encode_args
+_OPEN = ChannelState.OPEN
 
 #: Deferred acks of a channel are sent as one basic.ack(multiple) at least this often.
 ACK_BATCH = 64
+
+#: A whole basic.ack(multiple) frame: frame type, channel, size, class and method ids, the delivery
+#: tag, the multiple bit, the frame end (what ``_encode_ack(tag, True)`` in a method frame is).
+_pack_ack_multiple_frame = Struct(">BHIHHQBB").pack
+_ACK_ID = M["basic.ack"].class_id, M["basic.ack"].method_id & 0xFFFF
 
 
 class ConsumeState:
@@ -829,8 +837,9 @@ class Consuming:
         tag = channel.pending_ack
         channel.pending_ack = 0
         channel.pending_count = 0
-        if channel.is_open and self.session.channels.by_number.get(channel.number) is channel:
-            self.session.send(method_frame(channel.number, _encode_ack(tag, True)))
+        number = channel.number
+        if channel.state is _OPEN and self.session.channels.by_number.get(number) is channel:
+            self.session.send(_pack_ack_multiple_frame(1, number, 13, _ACK_ID[0], _ACK_ID[1], tag, 1, 0xCE))
 
     def flush_acks(self) -> None:
         """Send the acks deferred by ``settle`` (every call into the client, and before writing or closing)."""

@@ -309,7 +309,18 @@ class Publishing:
             promise.request = method_payload
             promise.properties = properties
             promise.body = body
-        if publisher.ready:
+        if publisher.ready and pubacks:
+            # _send(), inline: the publish hot path
+            frames = content_frames(publisher.channel.number, method_payload, 60, properties, body, self.frame_max)
+            tag = publisher.tag
+            publisher.tag = tag + 1
+            promise.tag = tag
+            publisher.inflight[tag] = promise
+            if len(frames) == 1:
+                self.send(frames[0])
+            else:
+                self.send_many(frames)
+        elif publisher.ready:
             self._send(publisher, promise, method_payload, properties, body)
         else:
             publisher.backlog.append((promise, method_payload, properties, body))
