@@ -520,6 +520,9 @@ class Client:
             if promise is None:
                 promise = self._lookup(promise_numbers)
             if promise.results:
+                ready = table.ready
+                if ready and ready[0] is promise:
+                    ready.popleft()  # the result's entry in ``ready``: taken in order, nothing to compact
                 return self._deliver(promise, raise_errors)
             promises: tuple[Promise, ...] = (promise,)
         else:
@@ -533,9 +536,12 @@ class Client:
         core.flush()  # first: the caller cannot tell whether wait() ran poll
         deadline = None if timeout is None else time.monotonic() + timeout
         polled = False
+        ready = table.ready
         while True:
             for promise in promises:
                 if promise.results:
+                    if ready and ready[0] is promise:
+                        ready.popleft()
                     return self._deliver(promise, raise_errors)
                 if promise.final and promise.number not in table.promises:
                     raise PromiseFinished(promise.number)
@@ -558,10 +564,7 @@ class Client:
         """
         table = self._table
         result = table.take(promise)
-        ready = table.ready
-        if ready and ready[0] is promise:
-            ready.popleft()  # its entry in ``ready`` (taken in order: nothing left to compact)
-        elif len(ready) > table.compact_at:
+        if len(table.ready) > table.compact_at:
             table.compact_ready()
         if self._consuming.pending_acks:
             self._core.flush()

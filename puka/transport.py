@@ -11,7 +11,9 @@ socket and the layers above, and knows AMQP only as far as framing.
   frames are consumed here.
 * Outbound data is a deque of buffers.  Writing happens when the event loop
   says the socket is writable (:meth:`on_write`), and eagerly once the buffer
-  passes :data:`WRITE_EAGERLY`, so bulk publishing streams instead of piling up.
+  passes :data:`WRITE_EAGERLY`, so bulk publishing streams instead of piling up
+  (after the socket took less than offered, eagerly again only once another
+  :data:`WRITE_EAGERLY` bytes are queued: a full socket is not retried per message).
   Small buffers (under :data:`COALESCE_LIMIT`: frames, small messages) are
   copied into one reused ``bytearray`` at the end of the deque, so many of them
   go out in one ``send``; large ones (message bodies) are queued as they are
