@@ -59,7 +59,9 @@ def _worker(impl: str, op: str, spec_json: str, batches: int, batch: int) -> Non
         decode_properties = spec.decode_properties
 
         def encode() -> Any:
-            method = publish.encode(exchange="orders", routing_key="orders.created.eu", mandatory=False, immediate=False)
+            method = publish.encode(
+                exchange="orders", routing_key="orders.created.eu", mandatory=False, immediate=False
+            )
             return method, content_header.pack(60, 0, body_size) + encode_properties(60, props)
 
         def decode() -> Any:
@@ -195,7 +197,10 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=40, help="paired batches per operation")
     parser.add_argument("--batch", type=int, default=2000, help="operations per batch")
     args = parser.parse_args()
-    print("puka codec vs puka 0.0.8, %s, Python %s" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), sys.version.split()[0]))
+    print(
+        "puka codec vs puka 0.0.8, %s, Python %s"
+        % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), sys.version.split()[0])
+    )
     ok = verdict(
         "separate processes (puka 0.0.8 in .peers/venv-puka008), ratio per run:",
         separate_processes(args.runs, args.batches, args.batch),

@@ -395,7 +395,9 @@ def _pick_mode(slots: list[tuple[str, Any]], picks: list[tuple[int, int, str]]) 
     return _PICK_ANY
 
 
-def template_decoder(fields: tuple[Field, ...], make: Callable[[], Any]) -> Callable[[Any, int], tuple[Any, int]] | None:
+def template_decoder(
+    fields: tuple[Field, ...], make: Callable[[], Any]
+) -> Callable[[Any, int], tuple[Any, int]] | None:
     """The one-closure decoder of a ``strings, [table], [fixed group], strings, [fixed group]`` layout.
 
     None for any other layout (or reserved strings or tables).  The first
@@ -697,7 +699,9 @@ def field_keys(fields: tuple[Field, ...], by_name: bool) -> list[Any]:
     return keys
 
 
-def method_encoder(method_id: int, fields: tuple[Field, ...], label: str, template: bool = True) -> Callable[..., bytes]:
+def method_encoder(
+    method_id: int, fields: tuple[Field, ...], label: str, template: bool = True
+) -> Callable[..., bytes]:
     """A closure ``encode_args(*values) -> payload`` taking the non-reserved fields in order.
 
     Reserved fields are sent as their defaults.  The payload starts with the
@@ -720,20 +724,25 @@ def method_encoder(method_id: int, fields: tuple[Field, ...], label: str, templa
 
         return encode_const
 
+    encode_values: Callable[[Any], bytes] = encode
+
     def encode_args(*args: Any) -> bytes:
         if len(args) != n_args:
             raise wrong_count(args)
-        return encode(args)
+        return encode_values(args)
 
     return encode_args
 
 
-def method_kw_encoder(method_id: int, fields: tuple[Field, ...], label: str, template: bool = True) -> Callable[..., bytes]:
+def method_kw_encoder(
+    method_id: int, fields: tuple[Field, ...], label: str, template: bool = True
+) -> Callable[..., bytes]:
     """A closure ``encode(**fields) -> payload``; missing fields take their defaults.
 
     The keywords are merged over the defaults (a dict of the non-reserved
     fields): a merged dict longer than the defaults names a field the method
-    does not have.  The encoder then reads the fields by name.
+    does not have.  The encoder then reads the fields by name.  When every
+    field is given there is nothing to merge: the keywords are read as they are.
     """
     keys = field_keys(fields, by_name=True)
     defaults = {f.name: _DEFAULTS[f.type] for f in fields if not f.reserved}
@@ -745,6 +754,13 @@ def method_kw_encoder(method_id: int, fields: tuple[Field, ...], label: str, tem
         return TypeError("%s has no field(s) %s" % (label, ", ".join(sorted(set(kw) - set(defaults)))))
 
     def encode(**kw: Any) -> bytes:
+        if len(kw) == n_fields:
+            # Every field given: read them from kw as it is.  A KeyError says a
+            # name is not the method's; the merge below then tells which.
+            try:
+                return encode_values(kw)
+            except KeyError:
+                pass
         values = {**defaults, **kw}
         if len(values) != n_fields:
             raise unknown(kw)
@@ -840,6 +856,7 @@ def template_encoder(
     trail: list[Any] = []
     table_key: Any = None
     fixed: Any = None
+    fixed_slots: list[tuple[str, Any]] | None = None
     bits: tuple[tuple[int, Any], ...] = ()
     stage = 0  # 0: leading strings, 1: after the table, 2: after the fixed group
     for kind, arg in plan:
@@ -849,13 +866,18 @@ def template_encoder(
         elif kind == "table" and key is not None and stage == 0:
             table_key, stage = key, 1
         elif kind == "fixed" and stage < 2:
-            fixed, stage = _fixed_piece(arg, fields, keys, label), 2
+            fixed, fixed_slots, stage = _fixed_piece(arg, fields, keys, label), arg, 2
             if len(arg) == 1 and arg[0][0] == "bits":
                 bits = tuple((1 << bit, keys[i]) for bit, i in enumerate(arg[0][1]) if keys[i] is not None)
         else:
             return None
     # The fixed group: constant bytes, a bit octet made here, or a piece closure.
     fixed_const = fixed if isinstance(fixed, bytes) else b""
+    octet_key: Any = None  # a fixed group that is one octet argument: its byte is looked up
+    if fixed_slots is not None and len(fixed_slots) == 1 and fixed_slots[0][0] == "value":
+        index = fixed_slots[0][1]
+        if fields[index].type == "octet" and keys[index] is not None:
+            octet_key = keys[index]
     fixed_call = fixed if callable(fixed) and not bits else None
     n_lead, n_trail, n_bits = len(lead), len(trail), len(bits)
     l0, l1 = (lead + [None, None])[:2]
@@ -906,6 +928,11 @@ def template_encoder(
                         if v[key]:
                             octet |= mask
                 out += octets[octet]
+            elif octet_key is not None:
+                x = v[octet_key]
+                if x.__class__ is not int or not 0 <= x <= 255:
+                    return generic(v)
+                out += octets[x]
             elif fixed_call is not None:
                 out += fixed_call(v)
             else:

@@ -147,10 +147,11 @@ def table_decoder(
     whole = key is not None
     has_before = before is not None
     has_after = after is not None
+    plain = make is dict  # a literal is cheaper than a call
 
     def decode_table(buf: Any, offset: int) -> tuple[Any, int]:
         if whole:
-            r = make()
+            r = {} if plain else make()
             if has_before:
                 end = offset + 1 + buf[offset]
                 try:
@@ -418,7 +419,10 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
             cls = value.__class__
             # The usual header values are inlined: str, 32-bit int, bool.
             if cls is str:
-                raw = value.encode("utf-8", "surrogateescape")
+                try:
+                    raw = value.encode()
+                except UnicodeEncodeError:
+                    raw = value.encode("utf-8", "surrogateescape")
                 append(encoded_key + _tag_len(b"S", len(raw)) + raw)
             elif cls is int and -0x80000000 <= value <= 0x7FFFFFFF:
                 append(encoded_key + _tag_i32(b"I", value))
