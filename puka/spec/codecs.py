@@ -5,7 +5,12 @@ method's field list, :func:`method_codec` plans its wire layout once --
 consecutive fixed-width fields and packed bit octets merge into one
 precompiled ``struct.Struct``; reserved fields fold into constants;
 short strings, long strings and tables become small steps -- and returns an
-encoder and a decoder that are closures over that plan.  :func:`build` runs
+encoder and a decoder that are closures over that plan.  Layouts of the usual
+shape (short strings, at most one table, one fixed group, short strings) get
+template closures that do the whole method or property list in one call
+(:func:`template_encoder`, :func:`template_decoder`); every other layout, and
+any value a template does not take as it is, goes through the generic chain
+of pieces and steps, which also words the errors.  :func:`build` runs
 the factories over the whole model and returns the namespace that
 :mod:`puka.spec` exports: method classes keyed by method id, the property
 codecs of content classes, and one exception class per error constant.
@@ -14,8 +19,11 @@ A method class is a ``dict`` subclass: a decoded method *is* the dict of its
 fields (``result['routing_key']``), with class attributes describing it
 (``name``, ``method_id``, ``class_id``, ``synchronous``, ``has_content``,
 ``fields``...).  Encoding never needs an instance: ``encode(**fields)`` and the
-positional ``encode_args(*values)`` return the method payload (class id,
-method id, arguments) ready for a method frame.
+positional ``encode_args(*values)`` (closures of each class, reading the same
+plan by name or by position) return the method payload (class id, method id,
+arguments) ready for a method frame.  :func:`method_decoder_public` and
+:func:`properties_decoder` make the public ``decode_method`` and
+``decode_properties``: one lookup, one call.
 """
 
 from __future__ import annotations
@@ -1198,9 +1206,10 @@ class PropertiesCodec:
         def plan_for(keys: tuple[str, ...]) -> Callable[[Any], bytes]:
             if not keys:
                 return lambda props: b"\x00\x00"
-            present = sorted(set(keys), key=lambda name: positions.get(name, -1))
-            if present[0] not in positions:
-                raise ValueError("unknown property %r" % (present[0],))
+            for name in keys:
+                if name not in positions:
+                    raise ValueError("unknown property %r" % (name,))
+            present = sorted(keys, key=positions.__getitem__)
             flags = 0
             for name in present:
                 flags |= table[name][1]
@@ -1301,9 +1310,8 @@ def properties_decoder(codecs: dict[int, PropertiesCodec]) -> Callable[..., tupl
 
     It reads the flag word itself and calls the decoder planned for it and
     the class (one dict lookup, one call); several flag words and plans not
-    seen yet take the slower way through the class's codec.  A memoryview is
-    copied to bytes, on the exception its first string raises, so that bytes
-    pay nothing for it.  Malformed input of any kind comes out as DecodeError.
+    seen yet take the slower way through the class's codec.  Malformed input
+    of any kind comes out as DecodeError.
     """
     plans: dict[int, Callable[[Any, int], tuple[dict[str, Any], int]]] = {}
     more_flags = PropertiesCodec._more_flags
@@ -1324,15 +1332,13 @@ def properties_decoder(codecs: dict[int, PropertiesCodec]) -> Callable[..., tupl
 
     def decode_properties(buf: Any, offset: int = 0, class_id: int = 60) -> tuple[dict[str, Any], int]:
         """Decode a property list (flag words + values) at ``offset``."""
+        if buf.__class__ is memoryview:
+            buf = buf.tobytes()
         try:
             plan = plans.get(unpack_flags(buf, offset)[0] << 16 | class_id)
             if plan is None:
                 return first_use(buf, offset, class_id)
             return plan(buf, offset + 2)
-        except AttributeError:
-            if buf.__class__ is memoryview:
-                return decode_properties(buf.tobytes(), offset, class_id)
-            raise
         except DecodeError:
             raise
         except DECODE_FAILURES as exc:
@@ -1348,6 +1354,8 @@ def method_decoder_public(methods: dict[int, type[Method]]) -> Callable[..., tup
 
     def decode_method(buf: Any, offset: int = 0) -> tuple[Method, int]:
         """Decode a method payload (class id, method id, arguments) at ``offset``."""
+        if buf.__class__ is memoryview:
+            buf = buf.tobytes()
         try:
             decode = decoders.get(unpack_id(buf, offset)[0])
             if decode is None:
@@ -1355,10 +1363,6 @@ def method_decoder_public(methods: dict[int, type[Method]]) -> Callable[..., tup
                 raise DecodeError("unknown method %d.%d" % (method_id >> 16, method_id & 0xFFFF))
             result: tuple[Method, int] = decode(buf, offset + 4)
             return result
-        except AttributeError:
-            if buf.__class__ is memoryview:
-                return decode_method(buf.tobytes(), offset)
-            raise
         except DecodeError:
             raise
         except DECODE_FAILURES as exc:
