@@ -72,7 +72,7 @@ def test_the_hot_methods_have_decode_templates(name):
     assert codecs.template_decoder(cls.fields, dict) is not None
 
 
-@pytest.mark.parametrize("name", ["basic.publish", "basic.deliver", "basic.ack", "basic.get", "basic.return"])
+@pytest.mark.parametrize("name", ["basic.publish", "basic.deliver", "basic.get", "basic.return", "basic.consume-ok"])
 def test_the_hot_methods_have_encode_templates(name):
     cls = spec.METHODS_BY_NAME[name]
     keys = codecs.field_keys(cls.fields, by_name=False)

@@ -717,13 +717,14 @@ def method_encoder(
     """
     keys = field_keys(fields, by_name=False)
     n_args = sum(key is not None for key in keys)
-    encode = values_encoder(_u32.pack(method_id), fields, keys, label, template)
+    head = _u32.pack(method_id)
+    pieces = _encoder_pieces(head, fields, keys, label)
 
     def wrong_count(args: tuple[Any, ...]) -> TypeError:
         return TypeError("%s takes %d arguments, %d given" % (label, n_args, len(args)))
 
-    if isinstance(encode, bytes):
-        payload = encode
+    if len(pieces) == 1:
+        payload: bytes = pieces[0]
 
         def encode_const(*args: Any) -> bytes:
             if args:
@@ -732,7 +733,22 @@ def method_encoder(
 
         return encode_const
 
-    encode_values: Callable[[Any], bytes] = encode
+    generic = _pieces_encoder(pieces)
+    encode = template_encoder(head, fields, keys, label, generic) if template else None
+    if encode is None and len(pieces) == 2:
+        # One piece after the head (basic.ack, basic.qos...): called from here, one call less.
+        first: bytes = pieces[0]
+        piece = pieces[1]
+
+        def encode_one(*args: Any) -> bytes:
+            if len(args) != n_args:
+                raise wrong_count(args)
+            tail: bytes = piece(args)
+            return first + tail
+
+        return encode_one
+
+    encode_values: Callable[[Any], bytes] = encode or generic
 
     def encode_args(*args: Any) -> bytes:
         if len(args) != n_args:
@@ -789,6 +805,18 @@ def values_encoder(head: bytes, fields: tuple[Field, ...], keys: list[Any], labe
     of range...), the template hands the values to the generic encoder, which
     encodes them or raises the error that names the field.
     """
+    pieces = _encoder_pieces(head, fields, keys, label)
+    if len(pieces) == 1:
+        constant: bytes = pieces[0]
+        return constant
+    generic = _pieces_encoder(pieces)
+    if not template:
+        return generic
+    return template_encoder(head, fields, keys, label, generic) or generic
+
+
+def _encoder_pieces(head: bytes, fields: tuple[Field, ...], keys: list[Any], label: str) -> list[Any]:
+    """The head, then per wire segment constant bytes (merged with neighbours) or ``piece(values)``."""
     pieces: list[Any] = [head]
     for kind, arg in _plan(fields):
         if kind == "fixed":
@@ -801,13 +829,7 @@ def values_encoder(head: bytes, fields: tuple[Field, ...], keys: list[Any], labe
             pieces[-1] += piece
         else:
             pieces.append(piece)
-    if len(pieces) == 1:
-        constant: bytes = pieces[0]
-        return constant
-    generic = _pieces_encoder(pieces)
-    if not template:
-        return generic
-    return template_encoder(head, fields, keys, label, generic) or generic
+    return pieces
 
 
 def _pieces_encoder(pieces: list[Any]) -> Callable[[Any], bytes]:
@@ -879,6 +901,8 @@ def template_encoder(
                 bits = tuple((1 << bit, keys[i]) for bit, i in enumerate(arg[0][1]) if keys[i] is not None)
         else:
             return None
+    if not lead and not trail and table_key is None:
+        return None  # a fixed group alone: the generic piece is as good
     # The fixed group: constant bytes, a bit octet made here, or a piece closure.
     fixed_const = fixed if isinstance(fixed, bytes) else b""
     octet_key: Any = None  # a fixed group that is one octet argument: its byte is looked up
