@@ -868,12 +868,18 @@ def _pieces_encoder(pieces: list[Any]) -> Callable[[Any], bytes]:
 
 
 def template_encoder(
-    head: bytes, fields: tuple[Field, ...], keys: list[Any], label: str, generic: Callable[[Any], bytes]
+    head: bytes,
+    fields: tuple[Field, ...],
+    keys: list[Any],
+    label: str,
+    generic: Callable[[Any], bytes],
+    fixed_alone: bool = False,
 ) -> Callable[[Any], bytes] | None:
     """The one-closure encoder of a ``strings, [table], [fixed group], strings`` layout, or None.
 
     A leading fixed group that is all reserved joins the constant head (the
-    ticket of basic.publish).  Strings must be str of at most 255 UTF-8
+    ticket of basic.publish).  A fixed group alone gets a template only with
+    ``fixed_alone`` (property lists: it saves the call of the generic piece).  Strings must be str of at most 255 UTF-8
     bytes; anything else goes to ``generic``.
     """
     plan = _plan(fields)
@@ -901,7 +907,7 @@ def template_encoder(
                 bits = tuple((1 << bit, keys[i]) for bit, i in enumerate(arg[0][1]) if keys[i] is not None)
         else:
             return None
-    if not lead and not trail and table_key is None:
+    if not lead and not trail and table_key is None and not fixed_alone:
         return None  # a fixed group alone: the generic piece is as good
     # The fixed group: constant bytes, a bit octet made here, or a piece closure.
     fixed_const = fixed if isinstance(fixed, bytes) else b""
@@ -1239,7 +1245,7 @@ class PropertiesCodec:
                 flags |= table[name][1]
             head = pack_flags(flags) if single_word else _flag_words(flags)
             fields = tuple(Field(name, types[name], False, types[name]) for name in present)
-            plan = template_encoder(head, fields, list(present), "property", encode_any) or encode_any
+            plan = template_encoder(head, fields, list(present), "property", encode_any, True) or encode_any
             if len(plans) >= 512:
                 plans.clear()
             plans[keys] = plan
