@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from . import codegen as _codegen
 from .codecs import Field, Method, PropertiesCodec
+from .codecs import method_decoder_public as _method_decoder_public
+from .codecs import properties_decoder as _properties_decoder
 from .tables import DECODE_FAILURES, DecodeError, decode_table_raw, describe_failure, encode_table
 
 TYPE_CHECKING = False
@@ -81,23 +83,7 @@ FRAME_MIN_SIZE = CONSTANTS["FRAME_MIN_SIZE"]
 #: The protocol header a client sends first.
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
-_method_id = __import__("struct").Struct(">I").unpack_from
-
-
-def decode_method(buf: Any, offset: int = 0) -> tuple[Method, int]:
-    """Decode a method payload (class id, method id, arguments) at ``offset``."""
-    if buf.__class__ is memoryview:
-        buf = buf.tobytes()
-    try:
-        (method_id,) = _method_id(buf, offset)
-        cls = METHODS.get(method_id)
-        if cls is None:
-            raise DecodeError("unknown method %d.%d" % (method_id >> 16, method_id & 0xFFFF))
-        return cls.decode(buf, offset + 4)
-    except DecodeError:
-        raise
-    except DECODE_FAILURES as exc:
-        raise DecodeError("malformed method arguments: %s" % describe_failure(exc)) from None
+decode_method = _method_decoder_public(METHODS)
 
 
 def encode_properties(class_id: int, props: dict[str, Any]) -> bytes:
@@ -108,19 +94,7 @@ def encode_properties(class_id: int, props: dict[str, Any]) -> bytes:
     return codec.encode(props)
 
 
-def decode_properties(buf: Any, offset: int = 0, class_id: int = 60) -> tuple[dict[str, Any], int]:
-    """Decode a property list (flag words + values) at ``offset``."""
-    if buf.__class__ is memoryview:
-        buf = buf.tobytes()
-    codec = PROPERTIES.get(class_id)
-    if codec is None:
-        raise DecodeError("class %d has no content properties" % class_id)
-    try:
-        return codec.decode(buf, offset)
-    except DecodeError:
-        raise
-    except DECODE_FAILURES as exc:
-        raise DecodeError("malformed content properties: %s" % describe_failure(exc)) from None
+decode_properties = _properties_decoder(PROPERTIES)
 
 
 def decode_table(buf: Any, offset: int = 0) -> tuple[dict[str, Any], int]:

@@ -133,40 +133,77 @@ def _void(buf: Any, offset: int) -> tuple[None, int]:
     return None, offset
 
 
-def decode_table_raw(buf: Any, offset: int) -> tuple[dict[str, Any], int]:
-    (n,) = _u32(buf, offset)
-    offset += 4
-    end = offset + n
-    if end > len(buf):
-        raise DecodeError("table of %d bytes runs past the end of the data" % n)
-    table: dict[str, Any] = {}
-    decoders = _DECODERS
-    # The common tags are inlined.  A string running past `end` (or past the
-    # buffer) leaves `offset` beyond `end`, caught by the check after the loop.
-    while offset < end:
-        key_end = offset + 1 + buf[offset]
-        try:
-            key = buf[offset + 1 : key_end].decode()
-        except UnicodeDecodeError:
-            key = buf[offset + 1 : key_end].decode("utf-8", "surrogateescape")
-        tag = buf[key_end]
-        if tag == 83:  # S
-            offset = key_end + 5 + _u32(buf, key_end + 1)[0]
+def table_decoder(
+    before: str | None = None, key: str | None = None, after: str | None = None, make: Callable[[], Any] = dict
+) -> Callable[[Any, int], tuple[Any, int]]:
+    """A closure that decodes a field table at ``offset``; returns ``(table, offset)``.
+
+    With ``key`` it decodes a run of fields into a new ``make()`` result
+    instead, returned as ``(result, offset)``: an optional short string
+    stored under ``before``, the table under ``key``, an optional octet under
+    ``after`` -- the usual content properties (content_type, headers,
+    delivery_mode) in one call, with the table loop written once, here.
+    """
+    whole = key is not None
+    has_before = before is not None
+    has_after = after is not None
+    plain = make is dict  # a literal is cheaper than a call
+
+    def decode_table(buf: Any, offset: int) -> tuple[Any, int]:
+        if whole:
+            r = {} if plain else make()
+            if has_before:
+                end = offset + 1 + buf[offset]
+                try:
+                    r[before] = buf[offset + 1 : end].decode()
+                except UnicodeDecodeError:
+                    r[before] = buf[offset + 1 : end].decode("utf-8", "surrogateescape")
+                offset = end
+        (n,) = _u32(buf, offset)
+        offset += 4
+        end = offset + n
+        if end > len(buf):
+            raise DecodeError("table of %d bytes runs past the end of the data" % n)
+        table: dict[str, Any] = {}
+        decoders = _DECODERS
+        # The common tags are inlined.  A string running past `end` (or past the
+        # buffer) leaves `offset` beyond `end`, caught by the check after the loop.
+        while offset < end:
+            key_end = offset + 1 + buf[offset]
             try:
-                table[key] = buf[key_end + 5 : offset].decode()
+                name = buf[offset + 1 : key_end].decode()
             except UnicodeDecodeError:
-                table[key] = buf[key_end + 5 : offset].decode("utf-8", "surrogateescape")
-        elif tag == 73:  # I
-            table[key] = _i32(buf, key_end + 1)[0]
-            offset = key_end + 5
-        elif tag == 116:  # t
-            table[key] = buf[key_end + 1] != 0
-            offset = key_end + 2
-        else:
-            table[key], offset = decoders[tag](buf, key_end + 1)
-    if offset != end:
-        raise DecodeError("table entries overrun the table's declared length")
-    return table, offset
+                name = buf[offset + 1 : key_end].decode("utf-8", "surrogateescape")
+            tag = buf[key_end]
+            if tag == 83:  # S
+                offset = key_end + 5 + _u32(buf, key_end + 1)[0]
+                try:
+                    table[name] = buf[key_end + 5 : offset].decode()
+                except UnicodeDecodeError:
+                    table[name] = buf[key_end + 5 : offset].decode("utf-8", "surrogateescape")
+            elif tag == 73:  # I
+                table[name] = _i32(buf, key_end + 1)[0]
+                offset = key_end + 5
+            elif tag == 116:  # t
+                table[name] = buf[key_end + 1] != 0
+                offset = key_end + 2
+            else:
+                table[name], offset = decoders[tag](buf, key_end + 1)
+        if offset != end:
+            raise DecodeError("table entries overrun the table's declared length")
+        if whole:
+            r[key] = table
+            if has_after:
+                r[after] = buf[offset]
+                offset += 1
+            return r, offset
+        return table, offset
+
+    return decode_table
+
+
+#: ``decode_table_raw(buf, offset) -> (table, offset)``
+decode_table_raw = table_decoder()
 
 
 def _array(buf: Any, offset: int) -> tuple[list[Any], int]:
@@ -382,7 +419,10 @@ def encode_table(table: dict[str, Any] | None) -> bytes:
             cls = value.__class__
             # The usual header values are inlined: str, 32-bit int, bool.
             if cls is str:
-                raw = value.encode("utf-8", "surrogateescape")
+                try:
+                    raw = value.encode()
+                except UnicodeEncodeError:
+                    raw = value.encode("utf-8", "surrogateescape")
                 append(encoded_key + _tag_len(b"S", len(raw)) + raw)
             elif cls is int and -0x80000000 <= value <= 0x7FFFFFFF:
                 append(encoded_key + _tag_i32(b"I", value))
