@@ -29,15 +29,27 @@ per round, from measurements seconds apart, and its median and range over every 
 ``publish``  ``N`` confirmed publishes in flight (10,000, 100,000, 300,000) of 100 bytes to the
              default exchange under a routing key no queue has (the broker confirms and drops
              them: nothing is stored).  CPU: the process time to issue the ``N`` publishes and take
-             every confirm, per publish.  Memory: in a process of its own per size, the ``N``
-             publishes are issued and written to the socket without reading anything back (so all
-             are in flight for the client), under ``tracemalloc``: bytes still held, per publish.
+             every confirm, per publish; again with the garbage collector off during the timed
+             part (``nogc``: what the growth with ``N`` owes to full collections).  Memory: in a
+             process of its own per size, the ``N`` publishes are issued and written to the socket
+             without reading anything back (so all are in flight for the client), under
+             ``tracemalloc``: bytes still held, per publish.
+
+``recover``  ``Q`` server-named exclusive queues (1, 1,000, 10,000), all consumed by one
+             ``basic_consume_multi``, on a connection through a TCP proxy in this process
+             (``tests/faults.py``); the proxy cuts the connection and the client recovers it: it
+             declares every queue again (the broker names them anew), renames them, restarts the
+             consumers.  The figure: the client thread's CPU time (``time.thread_time``: the
+             proxy's thread is not in it) from the cut to the first publish confirmed after the
+             recovery, per queue.  Each size once per process, in a shuffled order.
 
 With ``PUKA_BENCH_PROFILE=1`` in the environment, a consume repetition prints a profile of each
 case's timed loop on stderr.
 
-Verdicts (PASS/MISS): a family is *flat* when the median over rounds of (CPU per message of the
-largest size / of the smallest) is at most ``--flat`` (1.3x; ``*`` when the rounds straddle it);
+Verdicts (PASS/MISS): a family is *flat* when the median over rounds of (CPU per message -- per
+queue for ``recover`` -- of the largest size / of the smallest) is at most ``--flat`` (1.3x; ``*``
+when the rounds straddle it);  for ``recover`` the smallest size compared is the second (one queue
+is all fixed costs);
 memory per in-flight publish is under 500 bytes (the budget of ``tests/test_memory.py``) at every
 size.
 """
@@ -212,21 +224,29 @@ def rep_publish(url: str, sizes: list[int], rounds: int, seed: int) -> dict[str,
         client.wait(client.basic_publish("", routing_key, b"warm-up"))
         publish = client.basic_publish
         for _ in range(rounds):
-            order = list(sizes)
+            order = [(size, collect) for size in sizes for collect in (True, False)]
             rng.shuffle(order)
             measured = {}
-            for size in order:
+            for size, collect in order:
                 gc.collect()
-                cpu = time.process_time()
-                wall = time.perf_counter()
-                numbers = [publish("", routing_key, BODY) for _ in range(size)]
-                for number in numbers:
-                    client.wait(number)
-                elapsed_cpu = time.process_time() - cpu
-                elapsed = time.perf_counter() - wall
+                if not collect:
+                    gc.disable()
+                try:
+                    collections = gc.get_stats()[2]["collections"]
+                    cpu = time.process_time()
+                    wall = time.perf_counter()
+                    numbers = [publish("", routing_key, BODY) for _ in range(size)]
+                    for number in numbers:
+                        client.wait(number)
+                    elapsed_cpu = time.process_time() - cpu
+                    elapsed = time.perf_counter() - wall
+                    collections = gc.get_stats()[2]["collections"] - collections
+                finally:
+                    gc.enable()
                 del numbers
-                measured[str(size)] = {"cpu_us": elapsed_cpu / size * 1e6, "rate": size / elapsed}
-                print("  publish %7d %s" % (size, measured[str(size)]), file=sys.stderr)
+                key = str(size) if collect else "%d nogc" % size
+                measured[key] = {"cpu_us": elapsed_cpu / size * 1e6, "rate": size / elapsed, "full_gcs": collections}
+                print("  publish %-12s %s" % (key, measured[key]), file=sys.stderr)
             result["rounds"].append(measured)
     return result
 
@@ -250,12 +270,69 @@ def case_memory(url: str, in_flight: int) -> dict[str, Any]:
     return {"bytes": (held - sys.getsizeof(numbers)) / in_flight}
 
 
+# --- recover: one repetition (a child process) -------------------------------------------------------------
+
+
+class RecoveryWatcher(Middleware):
+    def __init__(self) -> None:
+        self.info: dict[str, Any] | None = None
+
+    def on_recovered(self, client: Any, info: dict[str, Any]) -> None:
+        self.info = info
+
+
+def _recover_case(url: str, proxy: Any, count: int) -> dict[str, float]:
+    watcher = RecoveryWatcher()
+    client = _connect(proxy.url, middleware=[watcher])
+    try:
+        declares = [client.queue_declare(exclusive=True, auto_delete=True) for _ in range(count)]
+        names = [client.wait(p, timeout=600)["queue"] for p in declares]
+        consume = client.basic_consume_multi(names, prefetch_count=10)
+        client.wait(client.basic_qos(consume, 10), timeout=600)  # every consumer started
+        routing_key = _nowhere()
+        client.wait(client.basic_publish("", routing_key, b"before"), timeout=60)
+        gc.collect()
+        cpu = time.thread_time()
+        wall = time.perf_counter()
+        proxy.cut()
+        client.wait(client.basic_publish("", routing_key, b"after"), timeout=900)
+        elapsed_cpu = time.thread_time() - cpu
+        elapsed = time.perf_counter() - wall
+        info = watcher.info
+        if info is None or len(info["renamed"]) != count:
+            raise RuntimeError("recovery renamed %r queues of %d" % (info and len(info["renamed"]), count))
+        renamed = info["renamed"]
+        client.wait(client.basic_cancel(consume), timeout=600)
+        for start in range(0, count, 5000):
+            batch = names[start : start + 5000]
+            client.wait_for_all([client.queue_delete(renamed.get(q, q)) for q in batch], raise_errors=False)
+        return {"cpu_us": elapsed_cpu / count * 1e6, "seconds": elapsed}
+    finally:
+        client.wait(client.close(), timeout=60)
+
+
+def rep_recover(url: str, sizes: list[int], seed: int) -> dict[str, Any]:
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from faults import Proxy
+
+    params = puka.parse_amqp_url(url)
+    order = list(sizes)
+    random.Random(seed).shuffle(order)
+    measured = {}
+    with Proxy((params.host, params.port), params.vhost, params.username, params.password) as proxy:
+        for size in order:
+            measured[str(size)] = _recover_case(url, proxy, size)
+            print("  recover %6d %s" % (size, measured[str(size)]), file=sys.stderr)
+    return {"rounds": [measured]}
+
+
 # --- the driver ----------------------------------------------------------------------------------------------
 
 
 def run_child(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     command = [sys.executable, os.path.abspath(__file__), "--url", args.url, "--messages", str(args.messages)]
-    command += ["--rounds", str(args.rounds), "--queues", args.queues, "--in-flight", args.in_flight, *extra]
+    command += ["--rounds", str(args.rounds), "--queues", args.queues, "--in-flight", args.in_flight]
+    command += ["--recover", args.recover, *extra]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
     if done.returncode:
         raise RuntimeError("%s failed (exit %d)" % (" ".join(extra), done.returncode))
@@ -281,17 +358,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every size per process")
     parser.add_argument("--queues", default="1,1000,10000", help="consume: queue counts")
     parser.add_argument("--in-flight", default="10000,100000,300000", help="publish: publishes in flight")
+    parser.add_argument("--recover", default="1,1000,10000", help="recover: queue counts")
     parser.add_argument("--messages", type=int, default=20000, help="consume: messages per case")
-    parser.add_argument("--only", choices=("consume", "publish"))
+    parser.add_argument("--only", choices=("consume", "publish", "recover"))
     parser.add_argument("--flat", type=float, default=1.3, help="largest / smallest CPU per message allowed")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     parser.add_argument("--json", help="write every measurement and the verdicts here")
-    parser.add_argument("--child", choices=("consume", "publish", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("consume", "publish", "memory", "recover"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     queue_sizes = [int(n) for n in args.queues.split(",")]
     flight_sizes = [int(n) for n in args.in_flight.split(",")]
+    recover_sizes = [int(n) for n in args.recover.split(",")]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
 
     if args.child == "consume":
@@ -299,6 +378,9 @@ def main() -> int:
         return 0
     if args.child == "publish":
         print(json.dumps(rep_publish(args.url, flight_sizes, args.rounds, seed)))
+        return 0
+    if args.child == "recover":
+        print(json.dumps(rep_recover(args.url, recover_sizes, seed)))
         return 0
     if args.child == "memory":
         print(json.dumps(case_memory(args.url, args.size)))
@@ -311,12 +393,15 @@ def main() -> int:
     )
     consume_reps: list[dict[str, Any]] = []
     publish_reps: list[dict[str, Any]] = []
+    recover_reps: list[dict[str, Any]] = []
     memory: dict[int, list[float]] = {n: [] for n in flight_sizes}
     for rep in range(args.reps):
         jobs: list[tuple[str, ...]] = []
-        if args.only != "publish":
+        if args.only in (None, "consume"):
             jobs.append(("--child", "consume", "--seed", str(seed + rep)))
-        if args.only != "consume":
+        if args.only in (None, "recover"):
+            jobs.append(("--child", "recover", "--seed", str(seed + rep)))
+        if args.only in (None, "publish"):
             jobs.append(("--child", "publish", "--seed", str(seed + rep)))
             jobs += [("--child", "memory", "--size", str(n)) for n in flight_sizes]
         random.Random(seed + rep).shuffle(jobs)
@@ -327,6 +412,8 @@ def main() -> int:
                 consume_reps.append(result)
             elif job[1] == "publish":
                 publish_reps.append(result)
+            elif job[1] == "recover":
+                recover_reps.append(result)
             else:
                 memory[int(job[3])].append(result["bytes"])
 
@@ -373,21 +460,34 @@ def main() -> int:
             "publish: confirmed, 100 B, to an unrouted key (confirmed and dropped by the broker); %d rounds"
             % len(rounds)
         )
-        print("%9s  %-22s  %-11s  %s" % ("in flight", "CPU us/publish", "publishes/s", "bytes per in-flight publish"))
+        print(
+            "%9s  %-22s  %-11s  %-9s  %-22s  %s"
+            % ("in flight", "CPU us/publish", "publishes/s", "full GCs", "CPU us/publish, no GC", "bytes per publish")
+        )
         for n in flight_sizes:
             rows = [r[str(n)] for r in rounds]
+            nogc = [r["%d nogc" % n] for r in rounds]
             print(
-                "%9d  %-22s  %-11.0f  %s"
+                "%9d  %-22s  %-11.0f  %-9.0f  %-22s  %s"
                 % (
                     n,
                     spread([r["cpu_us"] for r in rows]),
                     statistics.median(r["rate"] for r in rows),
+                    statistics.median(r["full_gcs"] for r in rows),
+                    spread([r["cpu_us"] for r in nogc]),
                     spread(memory[n]),
                 )
             )
         ratios = [r[str(flight_sizes[-1])]["cpu_us"] / r[str(flight_sizes[0])]["cpu_us"] for r in rounds]
         what = "publish CPU/msg: %d / %d in flight" % (flight_sizes[-1], flight_sizes[0])
         verdicts.append(_verdict(what, ratios, args.flat))
+        if len(flight_sizes) > 2:
+            ratios = [r[str(flight_sizes[-1])]["cpu_us"] / r[str(flight_sizes[-2])]["cpu_us"] for r in rounds]
+            what = "(info) publish CPU/msg: %d / %d in flight" % (flight_sizes[-1], flight_sizes[-2])
+            verdicts.append(_verdict(what, ratios, args.flat))
+        large, small = "%d nogc" % flight_sizes[-1], "%d nogc" % flight_sizes[0]
+        ratios = [r[large]["cpu_us"] / r[small]["cpu_us"] for r in rounds]
+        verdicts.append(_verdict("(info) the same, garbage collector off", ratios, args.flat))
         for n in flight_sizes:
             worst = max(memory[n])
             verdicts.append(
@@ -398,13 +498,37 @@ def main() -> int:
                     "verdict": "PASS" if worst < MEMORY_BUDGET else "MISS",
                 }
             )
+    if recover_reps:
+        rounds = [r for rep in recover_reps for r in rep["rounds"]]
+        print()
+        print(
+            "recover: server-named exclusive queues, one basic_consume_multi, connection cut; %d rounds" % len(rounds)
+        )
+        print("%8s  %-24s  %s" % ("queues", "client CPU us/queue", "seconds to recover"))
+        for n in recover_sizes:
+            rows = [r[str(n)] for r in rounds]
+            print("%8d  %-24s  %s" % (n, spread([r["cpu_us"] for r in rows]), spread([r["seconds"] for r in rows])))
+        if len(recover_sizes) > 1:
+            small = str(recover_sizes[1] if len(recover_sizes) > 2 else recover_sizes[0])
+            ratios = [r[str(recover_sizes[-1])]["cpu_us"] / r[small]["cpu_us"] for r in rounds]
+            what = "recover CPU/queue: %d / %s queues" % (recover_sizes[-1], small)
+            verdicts.append(_verdict(what, ratios, args.flat))
     print()
     for v in verdicts:
         print("%-58s %-20s %-8s %s" % (v["what"], v["value"], v["goal"], v["verdict"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"consume": consume_reps, "publish": publish_reps, "memory": memory, "verdicts": verdicts}, f)
-    return 0 if all(v["verdict"] == "PASS" for v in verdicts) else 1
+            json.dump(
+                {
+                    "consume": consume_reps,
+                    "publish": publish_reps,
+                    "recover": recover_reps,
+                    "memory": memory,
+                    "verdicts": verdicts,
+                },
+                f,
+            )
+    return 0 if all(v["verdict"] == "PASS" for v in verdicts if not v["what"].startswith("(info)")) else 1
 
 
 if __name__ == "__main__":

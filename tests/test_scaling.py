@@ -91,3 +91,47 @@ def test_a_consume_waiting_behind_declares_gets_the_channel_they_cannot_take():
         core.result(number) == {"queue": "amq.gen-seam", "message_count": 0, "consumer_count": 0} for number in declares
     )
     assert second in core.pending()
+
+
+class Recoveries(QueueWatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.recovered: list[dict] = []
+
+    def on_recovered(self, client, info):
+        self.recovered.append(info)
+
+
+def test_many_server_named_queues_recovered_twice_keep_their_consumers_and_old_names(proxy):
+    """Every queue of one consume is renamed by each recovery: the consumers follow, and a publish to the
+    name the application got first reaches the queue's latest incarnation."""
+    watch = Recoveries()
+    client = puka.Client(proxy.url, middleware=[watch])
+    client.wait(client.connect(), timeout=PATIENCE)
+    try:
+        declares = [client.queue_declare(exclusive=True, auto_delete=True) for _ in range(60)]
+        first = [result["queue"] for result in client.wait_for_all(declares)]
+        consume = client.basic_consume_multi(first, prefetch_count=2)
+        client.wait(client.basic_qos(consume, prefetch_count=2), timeout=PATIENCE)
+        latest = {queue: queue for queue in first}
+        for outage in (1, 2):
+            proxy.cut()
+            # Gated until the recovery is done: confirmed once the queues and consumers are back.
+            client.wait(client.basic_publish("", "puka-test-nowhere", b"after"), timeout=PATIENCE)
+            assert len(watch.recovered) == outage
+            renamed = watch.recovered[-1]["renamed"]
+            assert sorted(renamed) == sorted(latest.values())
+            latest = {queue: renamed[now] for queue, now in latest.items()}
+        client.wait_for_all([client.basic_publish("", queue, queue.encode()) for queue in first])
+        bodies = []
+        for _ in first:
+            message = client.wait(consume, timeout=PATIENCE)
+            assert message is not None
+            bodies.append(message["body"])
+            client.basic_ack(message)
+        assert sorted(bodies) == sorted(queue.encode() for queue in first)
+        assert sorted(told for told, _came in watch.seen) == sorted(latest.values())
+        assert all(told == came for told, came in watch.seen), watch.seen[:5]
+        client.wait(client.basic_cancel(consume), timeout=PATIENCE)
+    finally:
+        client.wait(client.close(), timeout=PATIENCE)
