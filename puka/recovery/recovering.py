@@ -106,6 +106,8 @@ class RecoveringCore:
         self.topology = Topology()
         #: old name -> new name of server-named queues (shared by every Core's publishing)
         self.renamed: dict[str, str] = {}
+        #: current name -> the earlier names ``renamed`` maps to it
+        self._renamed_from: dict[str, list[str]] = {}
         #: id(message) -> (promise, message): messages held on a lost connection
         self.stale: dict[int, tuple[Promise, Any]] = {}
         #: settlements of stale messages (done nothing on the wire)
@@ -479,6 +481,7 @@ class RecoveringCore:
         if result.is_error or self.state is not RecoveryState.RECONNECTING:
             return
         self.state = RecoveryState.REPLAYING
+        self._rename_consumers()  # what earlier attempts of this outage renamed: a failed declare finds its consumers
         self._replay(0)
 
     def _replay(self, index: int) -> None:
@@ -555,20 +558,34 @@ class RecoveringCore:
 
     def _rename(self, old: str, new: str) -> None:
         self.topology.rename(old, new)
-        for earlier, current in list(self.renamed.items()):
-            if current == old:
-                self.renamed[earlier] = new
+        earlier = self._renamed_from.pop(old, [])
+        for name in earlier:
+            self.renamed[name] = new
+        earlier.append(old)
+        self._renamed_from[new] = earlier
         self.current.publishing.rename(old, new)
         self._renamed_now[old] = new
-        for consume in self._restoring:
-            for consumer in consume.consume.consumers:
-                if consumer["queue"] == old:
-                    consumer["queue"] = new
-            state = consume.consume
-            state.by_tag = {c["tag"]: c["queue"] for c in state.consumers}
         self.log.info("server-named queue %s is now %s", old, new)
 
+    def _rename_consumers(self) -> None:
+        """The consumers to restore follow the queues renamed during this outage (once for all of them:
+        renaming one queue costs no walk over every consumer)."""
+        renamed = self._renamed_now
+        if not renamed:
+            return
+        for consume in self._restoring:
+            state = consume.consume
+            for consumer in state.consumers:
+                queue = consumer["queue"]
+                for _ in range(len(renamed)):  # a queue renamed on several attempts: to its last name
+                    if queue not in renamed:
+                        break
+                    queue = renamed[queue]
+                consumer["queue"] = queue
+            state.by_tag = {c["tag"]: c["queue"] for c in state.consumers}
+
     def _restore_consumers(self) -> None:
+        self._rename_consumers()
         consumes = [promise for promise in self._restoring if not promise.final]
         if not consumes:
             self._finish()

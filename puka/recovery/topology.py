@@ -50,6 +50,8 @@ class Topology:
     def __init__(self) -> None:
         self.exchanges: dict[str, tuple[Any, ...]] = {}
         self.queues: dict[str, QueueRecord] = {}
+        #: id(record.args) -> the queue's name, for queue_of (a replayed declare names its record in O(1))
+        self._names: dict[int, str] = {}
         #: (destination, source, routing key, arguments) -> bind arguments
         self.exchange_bindings: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         self.queue_bindings: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
@@ -65,7 +67,12 @@ class Topology:
         elif name == "queue.declare":
             if not args[1]:
                 server_named = not args[0]
-                self.queues[result["queue"]] = QueueRecord(args, server_named)
+                queue = result["queue"]
+                earlier = self.queues.get(queue)
+                if earlier is not None:
+                    self._names.pop(id(earlier.args), None)
+                self.queues[queue] = QueueRecord(args, server_named)
+                self._names[id(args)] = queue
         elif name == "queue.delete":
             self.forget_queue(args[0])
         elif name == "queue.bind":
@@ -85,7 +92,9 @@ class Topology:
             del self.queue_bindings[key]
 
     def forget_queue(self, queue: str) -> None:
-        self.queues.pop(queue, None)
+        record = self.queues.pop(queue, None)
+        if record is not None:
+            self._names.pop(id(record.args), None)
         for key in [k for k in self.queue_bindings if k[0] == queue]:
             del self.queue_bindings[key]
 
@@ -100,8 +109,10 @@ class Topology:
 
     def queue_of(self, args: tuple[Any, ...]) -> str | None:
         """The recorded name of the queue a replayed queue.declare stands for."""
-        for name, record in self.queues.items():
-            if record.args is args:
+        name = self._names.get(id(args))
+        if name is not None:
+            record = self.queues.get(name)
+            if record is not None and record.args is args:
                 return name
         return None
 
@@ -110,6 +121,7 @@ class Topology:
         record = self.queues.pop(old, None)
         if record is not None:
             self.queues[new] = record
+            self._names[id(record.args)] = new
         for key in [k for k in self.queue_bindings if k[0] == old]:
             args = self.queue_bindings.pop(key)
             renamed = (new, *args[1:])
