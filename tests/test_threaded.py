@@ -635,7 +635,10 @@ def test_stress_many_threads_mixing_calls(amqp_url, name, cleanup):
         ledger = Ledger()
         stop = threading.Event()
         threads = [start(stress_worker, client, name, consume, iteration * 100 + i, stop, ledger) for i in range(12)]
+        # Let the threads mix their calls for a while, and at least until a hundred publishes and
+        # some deliveries have happened (a condition, so a slow machine only makes it last longer).
         time.sleep(1.5)
+        assert until(lambda ledger=ledger: ledger.published >= 100 and bool(ledger.received), ceiling=120.0)
         stop.set()
         join_all(threads)
         # The only documented error here: a declare or delete in flight when the connection was lost.
