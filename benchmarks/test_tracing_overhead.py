@@ -23,17 +23,20 @@ What the SDK itself costs (``test_sdk_floor``, one test per number of publishes 
 ``floor`` is the same loop on a client without middleware, where each publish also starts
 and ends one bare SDK span with the same name, kind and attributes as ``traced``'s publish
 span and injects its context into the message headers -- what OpenTelemetry costs by
-itself, with the span ended at once instead of at the confirm.  Both have their own
-provider, configured alike.  Every round of ``traced`` is paired with a ``floor`` round
-run just before it, and a full garbage collection precedes each round (outside the
-timing).  Figures: client CPU per message (``time.process_time``: the client's and the
-SDK's threads), medians over the rounds with their range, and the share of it spent in
-the garbage collector (``gc.callbacks``).  Goals: ``traced`` CPU per message at most
+itself, with the span ended at once instead of at the confirm; ``open`` is ``floor`` with
+each span ended once its publish is confirmed (as ``wait`` returns it), i.e. what the SDK
+costs for spans that live as long as the traced client's, without puka's middleware.
+``traced`` and the others have their own providers, configured alike.  Every round of
+``traced`` is paired with a ``floor`` and an ``open`` round run just before it, and a full
+garbage collection precedes each round (outside the timing).  Figures: client CPU per
+message (``time.process_time``: the client's and the SDK's threads), medians over the
+rounds with their range, and the share of it spent in the garbage collector
+(``gc.callbacks``).  Goals: ``traced`` CPU per message at most
 1/0.85 of ``floor``'s at 20,000 in flight (floor / traced >= 0.85), and ``traced`` CPU
 per message within 15% from 2,000 to 50,000 in flight (largest / smallest <= 1.15).
 The last test prints them with PASS or MISS.
 
-As a script, the same measurement with each pair's order alternated::
+As a script, the same measurement with the order of the cases reversed every other round::
 
     python benchmarks/test_tracing_overhead.py [--rounds 5] [--in-flight 2000,20000,50000]
 """
@@ -83,6 +86,8 @@ FLOOR_ROUNDS = int(os.environ.get("PUKA_BENCH_TRACING_FLOOR_ROUNDS", "5"))
 FLOOR_GOAL = (20000, 0.85)
 #: flatness goal: traced CPU per message, largest / smallest over IN_FLIGHT
 FLAT_GOAL = 1.15
+#: the cases of the floor comparison, in the order of a round (traced last: the benchmarked one)
+CASES = ("floor", "open", "traced")
 
 #: case -> best round (seconds), filled by the benchmarks, read by test_ratios.
 RESULTS: dict[str, float] = {}
@@ -251,7 +256,7 @@ class FloorPair:
         self.tracer = self.providers[1].get_tracer("floor")
         self.name, self.kind, self.attributes = self._publish_span(self.floor.queue)
         #: what each round measured: (CPU seconds, wall seconds, GC CPU seconds, full collections)
-        self.rounds: dict[str, list[tuple[float, float, float, int]]] = {"floor": [], "traced": []}
+        self.rounds: dict[str, list[tuple[float, float, float, int]]] = {case: [] for case in CASES}
 
     @staticmethod
     def _publish_span(queue: str) -> tuple[str, trace.SpanKind, dict[str, object]]:
@@ -293,6 +298,25 @@ class FloorPair:
         for promise in promises:
             wait(promise)
 
+    def publish_open(self) -> None:
+        """The floor's spans, each ended once its publish is confirmed, as the traced client's are."""
+        client, queue = self.floor.client, self.floor.queue
+        publish = client.basic_publish
+        start_span, name, kind, attributes = self.tracer.start_span, self.name, self.kind, self.attributes
+        inject, in_context = get_global_textmap().inject, trace.set_span_in_context
+        promises = []
+        spans = []
+        for _ in range(self.in_flight):
+            span = start_span(name, kind=kind, attributes=attributes)
+            headers: dict[str, object] = {}
+            inject(headers, context=in_context(span))
+            spans.append(span)
+            promises.append(publish("", queue, BODY, headers))
+        wait = client.wait
+        for promise, span in zip(promises, spans):
+            wait(promise)
+            span.end()
+
     def prepare(self, case: str) -> None:
         """Before a round (not timed): an empty queue, no garbage left over."""
         (self.traced if case == "traced" else self.floor).purge()
@@ -300,7 +324,7 @@ class FloorPair:
 
     def run(self, case: str) -> None:
         """One timed round of ``case``, recorded in ``rounds``."""
-        work = self.publish_traced if case == "traced" else self.publish_floor
+        work = {"floor": self.publish_floor, "open": self.publish_open, "traced": self.publish_traced}[case]
         with GcClock() as gc_clock:
             started, started_cpu = time.perf_counter(), time.process_time()
             work()
@@ -311,6 +335,7 @@ class FloorPair:
     def warm_up(self) -> None:
         self.publish_traced()
         self.publish_floor()
+        self.publish_open()
 
     def close(self) -> None:
         self.traced.close()
@@ -345,8 +370,9 @@ def test_sdk_floor(benchmark, in_flight):
     pair = FloorPair(in_flight)
 
     def setup() -> None:
-        pair.prepare("floor")
-        pair.run("floor")
+        for case in CASES[:-1]:
+            pair.prepare(case)
+            pair.run(case)
         pair.prepare("traced")
 
     try:
@@ -366,25 +392,26 @@ def floor_report(floor: dict[int, dict[str, dict[str, float]]]) -> tuple[list[st
         "",
         "traced confirmed publish against the SDK floor (client CPU per message, median [range] over"
         " the rounds; gc: share of that CPU in the garbage collector, full: full collections per round):",
-        "  %9s  %-37s %-37s %s" % ("in flight", "floor", "traced", "floor / traced: CPU, throughput"),
+        "  %9s  %-37s %-37s %-37s %s" % ("in flight", "floor", "open", "traced", "floor/traced open/traced wall:f/t"),
     ]
     for in_flight in sorted(floor):
         fig = floor[in_flight]
         cells = []
-        for case in ("floor", "traced"):
+        for case in CASES:
             f = fig[case]
             cells.append(
                 "%5.1f us [%5.1f-%5.1f] gc %2.0f%% full %g"
                 % (f["cpu_us"], f["cpu_min"], f["cpu_max"], 100 * f["gc_share"], f["full_gcs"])
             )
+        traced = fig["traced"]
         lines.append(
-            "  %9d  %-37s %-37s %.2fx, %.2fx"
+            "  %9d  %-37s %-37s %-37s %.2fx        %.2fx       %.2fx"
             % (
                 in_flight,
-                cells[0],
-                cells[1],
-                fig["floor"]["cpu_us"] / fig["traced"]["cpu_us"],
-                fig["floor"]["wall"] / fig["traced"]["wall"],
+                *cells,
+                fig["floor"]["cpu_us"] / traced["cpu_us"],
+                fig["open"]["cpu_us"] / traced["cpu_us"],
+                fig["floor"]["wall"] / traced["wall"],
             )
         )
     missed = []
@@ -396,16 +423,21 @@ def floor_report(floor: dict[int, dict[str, dict[str, float]]]) -> tuple[list[st
         if verdict == "MISS":
             missed.append("traced/floor at %d in flight" % at)
     if len(floor) > 1:
-        traced = {n: floor[n]["traced"]["cpu_us"] for n in floor}
-        low, high = min(traced, key=traced.__getitem__), max(traced, key=traced.__getitem__)
-        spread = traced[high] / traced[low]
-        verdict = "PASS" if spread <= FLAT_GOAL else "MISS"
-        lines.append(
-            "  goal: traced CPU per message flat, largest / smallest <= %.2f: %.2f (%.1f us at %d, %.1f us at %d) %s"
-            % (FLAT_GOAL, spread, traced[high], high, traced[low], low, verdict)
-        )
-        if verdict == "MISS":
-            missed.append("flat CPU per message")
+        for case in CASES:
+            cpu = {n: floor[n][case]["cpu_us"] for n in floor}
+            low, high = min(cpu, key=cpu.__getitem__), max(cpu, key=cpu.__getitem__)
+            spread = cpu[high] / cpu[low]
+            if case == "traced":
+                verdict = "PASS" if spread <= FLAT_GOAL else "MISS"
+                head = "goal: traced CPU per message flat, largest / smallest <= %.2f:" % FLAT_GOAL
+                if verdict == "MISS":
+                    missed.append("flat CPU per message")
+            else:
+                verdict = "(no goal)"
+                head = "%s CPU per message, largest / smallest:" % case
+            lines.append(
+                "  %s %.2f (%.1f us at %d, %.1f us at %d) %s" % (head, spread, cpu[high], high, cpu[low], low, verdict)
+            )
     return lines, missed
 
 
@@ -467,7 +499,7 @@ def main(argv: list[str]) -> int:
         try:
             pair.warm_up()
             for round_ in range(args.rounds):
-                for case in ("floor", "traced") if round_ % 2 == 0 else ("traced", "floor"):
+                for case in CASES if round_ % 2 == 0 else CASES[::-1]:
                     pair.prepare(case)
                     pair.run(case)
             floor[in_flight] = pair.summary()

@@ -348,13 +348,18 @@ class Chain:
                 except Exception:
                     log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
 
+    # The observers let go of what was kept as soon as the hooks have it: a settled promise may
+    # stay referenced a while longer (its result not yet taken, ``ready`` not yet compacted).
+
     def _publish_observer(self, promise: Any, result: Any) -> None:
-        self.publish_done(promise.traced, result)
+        kept, promise.traced = promise.traced, None
+        self.publish_done(kept, result)
 
     def _single_observer(self, promise: Any, result: Any) -> None:
         single = self._single
+        token, promise.traced = promise.traced, None
         try:
-            single.on_publish_settled(promise.traced, result)  # type: ignore[union-attr]
+            single.on_publish_settled(token, result)  # type: ignore[union-attr]
         except Exception:
             log.exception("middleware hook %s.on_publish_settled failed (ignored)", type(single).__name__)
 
