@@ -253,7 +253,8 @@ class Chain:
     :attr:`publish_observer` as the promise's observer), or None when nothing
     is to be done then.  With one middleware that does not override
     ``on_publish_done``, that is the token its ``on_publish`` returned, and
-    nothing else is kept; otherwise a tuple of the OutgoingPublish (only when
+    nothing else is kept; when no middleware overrides ``on_publish_settled``,
+    the OutgoingPublish; otherwise a tuple of the OutgoingPublish (only when
     some middleware overrides ``on_publish_done``) and the tokens.
     """
 
@@ -270,6 +271,8 @@ class Chain:
         self.publishers = overriding("on_publish", "on_publish_done", "on_publish_settled", "observes_publish")
         #: whether some publisher needs the OutgoingPublish at the confirm (on_publish_done)
         self._keep_publish = any(_overrides(mw, "on_publish_done") for mw in self.publishers)
+        #: whether some publisher takes tokens (on_publish_settled)
+        self._tokens = any(_overrides(mw, "on_publish_settled") for mw in self.publishers)
         self._single: Middleware | None = None
         #: the observer of observed publishes' promises (bound once, shared by them all)
         self.publish_observer: Any = self._publish_observer
@@ -312,6 +315,13 @@ class Chain:
             except Exception:
                 log.exception("middleware hook %s.on_publish failed (ignored)", type(single).__name__)
                 return None
+        if not self._tokens:  # on_publish_done only: the OutgoingPublish is all there is to keep
+            for mw in self.publishers:
+                try:
+                    mw.on_publish(publish)
+                except Exception:
+                    log.exception("middleware hook %s.on_publish failed (ignored)", type(mw).__name__)
+            return publish if self._keep_publish else None
         tokens = []
         kept = False
         for mw in self.publishers:
@@ -334,6 +344,13 @@ class Chain:
                 single.on_publish_settled(kept, result)
             except Exception:
                 log.exception("middleware hook %s.on_publish_settled failed (ignored)", type(single).__name__)
+            return
+        if not self._tokens:
+            for mw in self.publishers:
+                try:
+                    mw.on_publish_done(kept, result)
+                except Exception:
+                    log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
             return
         publish, tokens = kept
         for mw, token in zip(self.publishers, tokens):
