@@ -712,16 +712,18 @@ class Client:
         )
         publish.promise = self._table.next_number
         chain = self._chain
-        chain.publish(publish)
+        kept = chain.publish(publish)
         publishing = self._publishing
         try:
             number = publishing.publish(exchange, routing_key, body, publish.headers, mandatory, callback)
         except Exception as exc:
-            chain.publish_done(publish, ErrorResult(exc))
+            if kept is not None:
+                chain.publish_done(kept, ErrorResult(exc))
             raise
-        promise = self._table.promises[number]
-        promise.traced = publish
-        promise.observer = chain.publish_observer
+        if kept is not None:  # only what the middleware need at the confirm, not the OutgoingPublish
+            promise = self._table.promises[number]
+            promise.traced = kept
+            promise.observer = chain.publish_observer
         if self._transport.backlog + publishing.backlog_bytes > PUBLISH_HIGH_WATER:
             self._drain()
         return number

@@ -126,7 +126,7 @@ class Promise:
         self.held = 0
         #: called with (promise, result) when the final result arrives (middleware)
         self.observer: Callable[[Promise, Any], None] | None = None
-        #: what the middleware chain keeps about it (an OutgoingPublish, a GetOperation)
+        #: what the middleware chain keeps about it until it ends (see Chain.publish; a GetOperation)
         self.traced: Any = None
         # ``properties`` and ``body`` (encoded properties, body) are set only on publishes kept
         # for sending again after a recovery (their ``request`` is the encoded basic.publish).

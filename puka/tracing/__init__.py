@@ -168,21 +168,38 @@ class Middleware:
         """Called once, when a Client is created with this middleware."""
 
     def observes_publish(self) -> bool:
-        """Whether on_publish/on_publish_done have work to do right now.
+        """Whether on_publish/on_publish_done/on_publish_settled have work to do right now.
 
         Asked at every publish: when no middleware wants it, the publish takes
         the plain path (no OutgoingPublish, no hooks).  Default: True when
-        on_publish or on_publish_done is overridden.
+        one of those hooks is overridden.
         """
-        return _overrides(self, "on_publish") or _overrides(self, "on_publish_done")
+        return _overrides(self, "on_publish") or _overrides_publish_end(self)
 
-    def on_publish(self, publish: OutgoingPublish) -> None:
-        """A message is about to be published; ``publish.headers`` may be changed."""
+    def on_publish(self, publish: OutgoingPublish) -> Any:
+        """A message is about to be published; ``publish.headers`` may be changed.
+
+        What it returns is kept until the broker settles the message and then
+        given to :meth:`on_publish_settled`; None (what the base class and most
+        middleware return) keeps nothing."""
+        return None
 
     def on_publish_done(self, publish: OutgoingPublish, result: Any) -> None:
         """The broker settled the publish: ``result.is_error`` False when confirmed;
         else ``result.exception`` says why (NoRoute, PublishNacked, a channel
-        error, ConnectionBroken)."""
+        error, ConnectionBroken).
+
+        Overriding this keeps each observed publish's OutgoingPublish (its headers,
+        its context) until the broker settles it: with many publishes in flight,
+        :meth:`on_publish_settled` is leaner."""
+
+    def on_publish_settled(self, token: Any, result: Any) -> None:
+        """The broker settled a publish whose :meth:`on_publish` returned ``token``
+        (not None); ``result`` as for :meth:`on_publish_done`.
+
+        The lean alternative to on_publish_done: until the confirm the client
+        keeps only the token (what the middleware needs then), not the
+        OutgoingPublish.  Not called for publishes whose on_publish returned None."""
 
     def on_deliver(self, delivery: Delivery) -> None:
         """A message is handed to the application (before its callback runs, or as ``wait`` returns it)."""
@@ -222,10 +239,23 @@ def _overrides(middleware: Middleware, name: str) -> bool:
     return getattr(type(middleware), name) is not getattr(Middleware, name)
 
 
+def _overrides_publish_end(middleware: Middleware) -> bool:
+    return _overrides(middleware, "on_publish_done") or _overrides(middleware, "on_publish_settled")
+
+
 class Chain:
     """The middleware of one client, called in order; errors logged, never raised.
 
     Each hook is called only on the middleware that override it (lists made once).
+
+    Publishes: :meth:`publish` returns what the client keeps on the publish's
+    promise until the broker settles it (``promise.traced``, with
+    :attr:`publish_observer` as the promise's observer), or None when nothing
+    is to be done then.  With one middleware that does not override
+    ``on_publish_done``, that is the token its ``on_publish`` returned, and
+    nothing else is kept; when no middleware overrides ``on_publish_settled``,
+    the OutgoingPublish; otherwise a tuple of the OutgoingPublish (only when
+    some middleware overrides ``on_publish_done``) and the tokens.
     """
 
     def __init__(self, client: Any, middleware: list[Middleware]) -> None:
@@ -238,7 +268,17 @@ class Chain:
         def overriding(*names: str) -> list[Middleware]:
             return [mw for mw in self.middleware if any(_overrides(mw, name) for name in names)]
 
-        self.publishers = overriding("on_publish", "on_publish_done", "observes_publish")
+        self.publishers = overriding("on_publish", "on_publish_done", "on_publish_settled", "observes_publish")
+        #: whether some publisher needs the OutgoingPublish at the confirm (on_publish_done)
+        self._keep_publish = any(_overrides(mw, "on_publish_done") for mw in self.publishers)
+        #: whether some publisher takes tokens (on_publish_settled)
+        self._tokens = any(_overrides(mw, "on_publish_settled") for mw in self.publishers)
+        self._single: Middleware | None = None
+        #: the observer of observed publishes' promises (bound once, shared by them all)
+        self.publish_observer: Any = self._publish_observer
+        if len(self.publishers) == 1 and not self._keep_publish:
+            self._single = self.publishers[0]
+            self.publish_observer = self._single_observer
         self.deliverers = overriding("on_deliver", "on_deliver_done")
         self.settlers = overriding("on_settle")
         self.getters = overriding("on_get", "on_get_done")
@@ -266,23 +306,79 @@ class Chain:
                 return True
         return False
 
-    def publish(self, publish: OutgoingPublish) -> None:
-        for mw in self.publishers:
+    def publish(self, publish: OutgoingPublish) -> Any:
+        """Run on_publish; return what to keep until the confirm (None: nothing to keep)."""
+        single = self._single
+        if single is not None:
             try:
-                mw.on_publish(publish)
+                return single.on_publish(publish)
+            except Exception:
+                log.exception("middleware hook %s.on_publish failed (ignored)", type(single).__name__)
+                return None
+        if not self._tokens:  # on_publish_done only: the OutgoingPublish is all there is to keep
+            for mw in self.publishers:
+                try:
+                    mw.on_publish(publish)
+                except Exception:
+                    log.exception("middleware hook %s.on_publish failed (ignored)", type(mw).__name__)
+            return publish if self._keep_publish else None
+        tokens = []
+        kept = False
+        for mw in self.publishers:
+            token = None
+            try:
+                token = mw.on_publish(publish)
             except Exception:
                 log.exception("middleware hook %s.on_publish failed (ignored)", type(mw).__name__)
+            tokens.append(token)
+            kept = kept or token is not None
+        if self._keep_publish:
+            return (publish, tokens)
+        return (None, tokens) if kept else None
 
-    def publish_done(self, publish: OutgoingPublish, result: Any) -> None:
-        for mw in self.publishers:
+    def publish_done(self, kept: Any, result: Any) -> None:
+        """The publish is settled: ``kept`` is what :meth:`publish` returned (not None)."""
+        single = self._single
+        if single is not None:
             try:
-                mw.on_publish_done(publish, result)
+                single.on_publish_settled(kept, result)
             except Exception:
-                log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
+                log.exception("middleware hook %s.on_publish_settled failed (ignored)", type(single).__name__)
+            return
+        if not self._tokens:
+            for mw in self.publishers:
+                try:
+                    mw.on_publish_done(kept, result)
+                except Exception:
+                    log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
+            return
+        publish, tokens = kept
+        for mw, token in zip(self.publishers, tokens):
+            if token is not None:
+                try:
+                    mw.on_publish_settled(token, result)
+                except Exception:
+                    log.exception("middleware hook %s.on_publish_settled failed (ignored)", type(mw).__name__)
+            if publish is not None:
+                try:
+                    mw.on_publish_done(publish, result)
+                except Exception:
+                    log.exception("middleware hook %s.on_publish_done failed (ignored)", type(mw).__name__)
 
-    def publish_observer(self, promise: Any, result: Any) -> None:
-        """Promise observer of an observed publish (its OutgoingPublish is the promise's ``traced``)."""
-        self.publish_done(promise.traced, result)
+    # The observers let go of what was kept as soon as the hooks have it: a settled promise may
+    # stay referenced a while longer (its result not yet taken, ``ready`` not yet compacted).
+
+    def _publish_observer(self, promise: Any, result: Any) -> None:
+        kept, promise.traced = promise.traced, None
+        self.publish_done(kept, result)
+
+    def _single_observer(self, promise: Any, result: Any) -> None:
+        single = self._single
+        token, promise.traced = promise.traced, None
+        try:
+            single.on_publish_settled(token, result)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("middleware hook %s.on_publish_settled failed (ignored)", type(single).__name__)
 
     def deliver(self, delivery: Delivery) -> None:
         for mw in self.deliverers:

@@ -263,7 +263,7 @@ class _Destination:
     """Everything about one destination of one operation that does not change per message:
     the span name and creation-time attributes, the metric attribute sets."""
 
-    __slots__ = ("span_name", "span_attributes", "duration_attributes", "count_attributes", "_errors")
+    __slots__ = ("span_name", "span_attributes", "duration_attributes", "count_attributes", "_errors", "_peered")
 
     def __init__(
         self,
@@ -324,6 +324,18 @@ class _Destination:
         duration[OPERATION_TYPE] = operation_type
         self.duration_attributes = duration
         self._errors: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        #: (peer attributes, span attributes with them) of the last with_peer()
+        self._peered: tuple[Any, dict[str, Any]] = (None, attributes)
+
+    def with_peer(self, peer: dict[str, Any] | None) -> dict[str, Any]:
+        """The span attributes with ``network.peer.*`` (a dict made once per peer: never change it)."""
+        cached, attributes = self._peered
+        if cached is peer:
+            return attributes
+        if cached is None or cached != peer:
+            attributes = {**self.span_attributes, **peer} if peer else self.span_attributes
+        self._peered = (peer, attributes)
+        return attributes
 
     def failed(self, error_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The (duration, count) metric attributes of a failed operation."""
@@ -356,7 +368,7 @@ def _consumer_parts(exchange: str, routing_key: str, queue: str | None) -> list[
 class _Operation:
     """A span in progress (or only its timing, when tracing is off)."""
 
-    __slots__ = ("span", "start", "destination", "token", "style", "ended", "key", "peer")
+    __slots__ = ("span", "start", "destination", "token", "style", "ended", "key")
 
     def __init__(self, span: Any, start: int, destination: _Destination) -> None:
         self.span = span
@@ -366,8 +378,6 @@ class _Operation:
         self.style = ""
         self.ended = False
         self.key: Any = None
-        #: the network.peer.* attributes the span started with
-        self.peer: dict[str, Any] | None = None
 
 
 def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
@@ -496,6 +506,8 @@ class OpenTelemetryMiddleware(Middleware):
     def observes_publish(self) -> bool:
         """Publishes need this middleware when spans or metrics are recorded, or a context
         is active to pass on; otherwise they take the client's plain path."""
+        if self._tracing_on or self._metering_on:
+            return True
         if _get_current():
             return True
         tracing, metering = self._enabled()
@@ -722,14 +734,22 @@ class OpenTelemetryMiddleware(Middleware):
         return attributes
 
     # --- publish -----------------------------------------------------------------------------------
+    #
+    # A traced publish keeps, until its confirm, only its token: (span, start, destination, client,
+    # peer) -- one tuple beside the SDK's span.  The destination is kept only when metrics are
+    # recorded (None otherwise: the confirm then records none).  With thousands of publishes in
+    # flight, every object kept per publish is traversed by each full garbage collection.
 
-    def on_publish(self, publish: OutgoingPublish) -> None:
+    def on_publish(self, publish: OutgoingPublish) -> Any:
         ctx = _get_current()
         headers = publish.headers
-        if ctx and _suppressed(ctx):
-            tracing = metering = False
-        else:
-            tracing, metering = self._enabled()
+        tracing: bool | None = False
+        metering: bool | None = False
+        if not (ctx and _suppressed(ctx)):
+            tracing = self._tracing_on
+            metering = self._metering_on
+            if tracing is None or metering is None:
+                tracing, metering = self._enabled()
         if not tracing:
             if ctx:  # no span: still pass the active context on (there is none to pass otherwise)
                 propagator = self._propagator()
@@ -737,58 +757,79 @@ class OpenTelemetryMiddleware(Middleware):
                     propagator.inject(headers, context=ctx, setter=_setter)
             if metering:
                 destination = self._publish_destination(publish.client, publish.exchange, publish.routing_key)
-                publish.context[self] = _Operation(None, _time_ns(), destination)
-            return
-        propagator = self._propagator()
-        destination = self._publish_destination(publish.client, publish.exchange, publish.routing_key)
-        custom = self._has_creation_context(propagator, headers)
+                return (None, _time_ns(), destination, publish.client, None)
+            return None
+        propagator = self.propagator
+        if propagator is None:
+            propagator = get_global_textmap()
+        client = publish.client
+        destination = self._publish_destination(client, publish.exchange, publish.routing_key)
+        custom = self._has_creation_context(propagator, headers) if headers else False
         links = None
         if custom:
             _, creation = self._extract(headers, propagator)
             if creation is not None:
                 links = [Link(creation)]
-        attributes = dict(destination.span_attributes)
-        self._message_attributes(attributes, headers, publish.body_size, None)
-        peer = self._peer(publish.client)
-        if peer is not None:
-            attributes.update(peer)
+        peer = self._peer(client)
+        attributes = destination.with_peer(peer)  # shared: the SDK copies what it is given
+        if self.record_body_size or (
+            headers
+            and (
+                self.capture_headers
+                or headers.get("message_id") is not None
+                or headers.get("correlation_id") is not None
+            )
+        ):
+            attributes = dict(attributes)
+            self._message_attributes(attributes, headers, publish.body_size, None)
         start = _time_ns()
         # PRODUCER when the span's context becomes the message's creation context, else CLIENT.
-        kind = SpanKind.CLIENT if custom else SpanKind.PRODUCER
-        span = self._start_span(destination, ctx, kind, attributes, links, start, self.publish_hook, publish)
+        span = self._tracer.start_span(
+            destination.span_name,
+            context=ctx,
+            kind=SpanKind.CLIENT if custom else SpanKind.PRODUCER,
+            attributes=attributes,
+            links=links,
+            start_time=start,
+        )
+        hook = self.publish_hook
+        if hook is not None and span.is_recording():
+            _call_hook(hook, span, publish)
         if not custom:
             if span.get_span_context().is_valid:
                 propagator.inject(headers, context=_trace.set_span_in_context(span, ctx), setter=_setter)
             elif ctx:
                 propagator.inject(headers, context=ctx, setter=_setter)
-        operation = publish.context[self] = _Operation(span, start, destination)
-        operation.peer = peer
+        return (span, start, destination if metering else None, client, peer)
 
-    def on_publish_done(self, publish: OutgoingPublish, result: Any) -> None:
-        operation = publish.context.pop(self, None)
-        if operation is None:
-            return
+    def on_publish_settled(self, token: Any, result: Any) -> None:
+        span, start, destination, client, peer = token
         end = _time_ns()
-        destination = operation.destination
-        span = operation.span
-        if span is not None and span.is_recording():
-            # The broker that settled it: another one when recovery sent the message again.
-            peer = self._peer(publish.client, fallback=False)
-            if peer is not None and peer is not operation.peer:
-                span.set_attributes(peer)
+        if span is not None:
+            # The broker that settled it: another one when recovery sent the message again (a loss
+            # forgets the client's cached peer, so the same dict means the same connection).
+            cached = self._peers.get(id(client))
+            if (cached is None or cached[1] is not peer) and span.is_recording():
+                now = self._peer(client, fallback=False)
+                if now is not None and now is not peer:
+                    span.set_attributes(now)
         if result.is_error:
             exc = result.exception
             error_type = _error_type(exc)
             self._fail(span, exc, error_type)
-            duration_attributes, count_attributes = destination.failed(error_type)
             self._exception_event(SEND_EXCEPTION, exc, span, end)
-        else:
-            duration_attributes = destination.duration_attributes
-            count_attributes = destination.count_attributes
+            if span is not None:
+                span.end(end)
+            if destination is not None:
+                duration_attributes, count_attributes = destination.failed(error_type)
+                self._operation_duration.record((end - start) / 1e9, duration_attributes)
+                self._sent_messages.add(1, count_attributes)
+            return
         if span is not None:
             span.end(end)
-        self._operation_duration.record((end - operation.start) / 1e9, duration_attributes)
-        self._sent_messages.add(1, count_attributes)
+        if destination is not None:
+            self._operation_duration.record((end - start) / 1e9, destination.duration_attributes)
+            self._sent_messages.add(1, destination.count_attributes)
 
     # --- consume -----------------------------------------------------------------------------------
 
@@ -992,6 +1033,7 @@ class OpenTelemetryMiddleware(Middleware):
 
     def on_connection_lost(self, client: Any, exc: BaseException) -> None:
         """A span covers each outage, from the loss to the recovery (or to the end)."""
+        self._peers.pop(id(client), None)  # the next connection has another socket, maybe another peer
         tracing, _metering = self._enabled()
         if not tracing:
             return
