@@ -4,8 +4,13 @@ Against the real broker.  Where a test needs "the application crashed now", it
 half-closes the client's socket (``socket().shutdown(SHUT_WR)``): what the
 client wrote before reaches the broker, nothing after it does, and the broker
 then drops the connection and requeues what it still counts as unacknowledged.
-Whether an ack was *written* is read from the broker afterwards (what a fresh
-client finds in the queue), not from what the client queued.
+Whether an ack was *written* is read from the broker, not from what the client
+queued: before the crash, with no further call into the client, the test waits
+until the broker counts the queue's unacknowledged messages as the acks written
+so far leave them (``rabbitmqctl list_queues``; an ack that was never written
+leaves the count where it was until the wait gives up), and afterwards it checks
+what a fresh client finds in the queue.  (Waiting first matters: RabbitMQ may
+drop an ack that arrives just before the connection's end, under load.)
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import subprocess
 import time
 
 import pytest
@@ -54,6 +60,36 @@ def read_deliveries(app, recorder, queue, count):
     raise AssertionError("only %d of %d deliveries arrived" % (deliveries_read(recorder), count))
 
 
+def unacked_at_broker(queue):
+    """How many of ``queue``'s messages the broker counts as delivered and not yet acknowledged."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    for line in listed.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == queue:
+            return int(fields[1])
+    raise AssertionError("queue %s not listed by rabbitmqctl" % queue)
+
+
+def acks_reached_broker(queue, unacked):
+    """Wait -- calling nothing of the client -- until the broker counts ``unacked`` unacknowledged."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = unacked_at_broker(queue)
+        if found == unacked:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                "the broker still counts %d unacknowledged, not %d: an ack was not written" % (found, unacked)
+            )
+        time.sleep(0.05)
+
+
 def crash(app):
     """The application dies here: nothing more is written (what was written reaches the broker)."""
     app.socket().shutdown(socket.SHUT_WR)
@@ -85,7 +121,8 @@ def test_an_ack_with_no_further_delivery_waiting_is_written_at_once(amqp_url, cl
         consume = app.basic_consume(queue=queue, prefetch_count=10)
         message = app.wait(consume, timeout=10)
         app.basic_ack(message)
-        crash(app)  # the application's own work, then a crash: no further call into the client
+        acks_reached_broker(queue, 0)  # the application's own work: no further call into the client
+        crash(app)
         assert left_in_queue(client, queue) == []
     finally:
         app.socket().close()
@@ -103,6 +140,7 @@ def test_an_ack_given_while_a_delivery_waits_is_written_before_wait_hands_that_o
         read_deliveries(app, recorder, queue, 2)  # m2 waits in the client
         app.basic_ack(m1)
         assert app.wait(consume, timeout=10)["body"] == b"m2"
+        acks_reached_broker(queue, 1)  # working on m2: m1's ack went out before wait() handed m2 over
         crash(app)
         assert left_in_queue(client, queue) == [b"m2"]
     finally:
@@ -130,6 +168,7 @@ def test_every_call_into_the_client_writes_the_acks_given_before(amqp_url, clien
         else:
             other = app.queue_declare(queue=queue, passive=True)
             assert app.wait(other, timeout=10)["queue"] == queue
+        acks_reached_broker(queue, 1)  # m2 is still unacknowledged, m1 is not
         crash(app)
         assert b"m1" not in left_in_queue(client, queue)
     finally:
@@ -147,6 +186,7 @@ def test_acks_given_in_a_callback_are_written_before_the_next_callback_runs(amqp
         if message["body"] == b"m1":
             app.basic_ack(message)
         else:
+            acks_reached_broker(queue, 1)  # m1's ack went out before this callback ran
             crash(app)  # working on m2, the application dies
             app.loop_break()
 
