@@ -167,7 +167,9 @@ class Node:
 class Cluster:
     """A throwaway cluster under ``root``.  See the module docstring."""
 
-    def __init__(self, root: str | None = None, timeout: float = DEFAULT_TIMEOUT, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, root: str | None = None, timeout: float = DEFAULT_TIMEOUT, log: Callable[[str], None] | None = None
+    ) -> None:
         self.root = os.path.abspath(root or DEFAULT_DIR)
         self.timeout = timeout
         self.log = log or (lambda text: None)
@@ -281,7 +283,9 @@ class Cluster:
         if _alive(self.epmd_pid, "epmd", "-port %d " % EPMD_PORT):
             return
         if _port_open(EPMD_PORT):
-            raise ClusterError("start epmd on port %d: the port is in use by a process this tool did not start" % EPMD_PORT)
+            raise ClusterError(
+                "start epmd on port %d: the port is in use by a process this tool did not start" % EPMD_PORT
+            )
         epmd = shutil.which("epmd") or "/usr/bin/epmd"
         proc = subprocess.Popen(
             [epmd, "-port", str(EPMD_PORT), "-address", HOST],
@@ -321,11 +325,14 @@ class Cluster:
     def start_node(self, index: int, wait: bool = True) -> None:
         """Start node ``index``'s VM (and app); with ``wait``, until it answers AMQP."""
         node = self.node(index)
-        if self.pid(index):
-            raise ClusterError("start %s: it is already running (pid %d)" % (node.name, self.pid(index)))
+        running = self.pid(index)
+        if running:
+            raise ClusterError("start %s: it is already running (pid %d)" % (node.name, running))
         for port in (node.amqp_port, node.dist_port):
             if _port_open(port):
-                raise ClusterError("start %s: port %d is in use by a process this tool did not start" % (node.name, port))
+                raise ClusterError(
+                    "start %s: port %d is in use by a process this tool did not start" % (node.name, port)
+                )
         self._start_epmd()
         self._prepare(node)
         try:
@@ -381,7 +388,11 @@ class Cluster:
             self.log("%s; killing it" % exc)
             self.kill(index)
             return
-        _wait("%s (pid %d) to exit" % (node.name, pid), lambda: not _alive(pid, *self._markers(node)), timeout or self.timeout)
+        _wait(
+            "%s (pid %d) to exit" % (node.name, pid),
+            lambda: not _alive(pid, *self._markers(node)),
+            timeout or self.timeout,
+        )
         self.pids[index] = None
         self._save()
 
@@ -501,7 +512,16 @@ class Cluster:
     def queues(self, index: int | None = None) -> list[dict[str, Any]]:
         k = index or self._any_running()
         out = self.rabbitmqctl(
-            k, "list_queues", "name", "type", "leader", "members", "online", "messages", "--formatter", "json",
+            k,
+            "list_queues",
+            "name",
+            "type",
+            "leader",
+            "members",
+            "online",
+            "messages",
+            "--formatter",
+            "json",
             timeout=30,
         )
         return list(json.loads(out[out.index("[") :]))
@@ -524,8 +544,7 @@ class Cluster:
         target = self.node(to).name
         expr = (
             'case rabbit_amqqueue:lookup(rabbit_misc:r(<<"%s">>, queue, <<"%s">>)) of '
-            "{ok, Q} -> rabbit_quorum_queue:transfer_leadership(Q, '%s'); E -> E end."
-            % (vhost, queue, target)
+            "{ok, Q} -> rabbit_quorum_queue:transfer_leadership(Q, '%s'); E -> E end." % (vhost, queue, target)
         )
         self.rabbitmqctl(to, "eval", expr, timeout=60)
         _wait("%s to lead %s" % (target, queue), lambda: self.queue_leader(queue) == target, 60, 0.3)
