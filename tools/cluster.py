@@ -20,7 +20,9 @@ enabled-plugins list, and the mnesia and log directories.  The tool starts its
 own ``epmd`` on port 4370 (``ERL_EPMD_PORT``), bound to 127.0.0.1, so the
 nodes' names never reach the system's epmd on 4369.  Node K (1-based) is
 ``pukaK@localhost`` with AMQP on 127.0.0.1:(5679+K) and Erlang distribution on
-127.0.0.1:(25679+K).  Nodes are started with ``/usr/lib/rabbitmq/bin/
+127.0.0.1:(25679+K).  ``--instance I`` (or ``$PUKA_CLUSTER_INSTANCE``) runs a
+cluster beside another one: nodes ``pukaI-K@localhost``, every port shifted by
+10*I (epmd by I), its own directory.  Nodes are started with ``/usr/lib/rabbitmq/bin/
 rabbitmq-server -detached`` run directly (the ``/usr/sbin`` wrapper would switch
 to the rabbitmq user and pick up the system node's cookie); node 2 and up join
 node 1 with ``stop_app; reset; join_cluster; start_app``.
@@ -66,13 +68,24 @@ SBIN = "/usr/lib/rabbitmq/bin"
 EPMD_PORT = 4370
 AMQP_BASE = 5679
 DIST_BASE = 25679
+#: ports of cluster ``instance`` i are shifted by i * INSTANCE_STRIDE (epmd by i)
+INSTANCE_STRIDE = 10
 HOST = "127.0.0.1"
 SYSTEM_NODE = "rabbit@localhost"
 DEFAULT_TIMEOUT = 90.0
 
 __all__ = ["Cluster", "ClusterError", "DEFAULT_DIR"]
 
-DEFAULT_DIR = os.environ.get("PUKA_CLUSTER_DIR") or os.path.join(tempfile.gettempdir(), "puka-cluster")
+DEFAULT_INSTANCE = int(os.environ.get("PUKA_CLUSTER_INSTANCE") or 0)
+
+
+def default_dir(instance: int = 0) -> str:
+    """``$PUKA_CLUSTER_DIR``, or ``<tmp>/puka-cluster`` (``-<instance>`` after it when not 0)."""
+    suffix = "-%d" % instance if instance else ""
+    return os.environ.get("PUKA_CLUSTER_DIR") or os.path.join(tempfile.gettempdir(), "puka-cluster" + suffix)
+
+
+DEFAULT_DIR = default_dir(DEFAULT_INSTANCE)
 
 
 class ClusterError(RuntimeError):
@@ -148,11 +161,11 @@ def _alive(pid: int | None, *markers: str) -> bool:
 class Node:
     """Node ``index`` (1-based) of a cluster under ``root``."""
 
-    def __init__(self, root: str, index: int) -> None:
+    def __init__(self, root: str, index: int, instance: int = 0) -> None:
         self.index = index
-        self.name = "puka%d@localhost" % index
-        self.amqp_port = AMQP_BASE + index
-        self.dist_port = DIST_BASE + index
+        self.name = ("puka%d@localhost" % index) if not instance else ("puka%d-%d@localhost" % (instance, index))
+        self.amqp_port = AMQP_BASE + instance * INSTANCE_STRIDE + index
+        self.dist_port = DIST_BASE + instance * INSTANCE_STRIDE + index
         self.dir = os.path.join(root, "node%d" % index)
         self.pid_file = os.path.join(self.dir, "pid")
 
@@ -168,9 +181,17 @@ class Cluster:
     """A throwaway cluster under ``root``.  See the module docstring."""
 
     def __init__(
-        self, root: str | None = None, timeout: float = DEFAULT_TIMEOUT, log: Callable[[str], None] | None = None
+        self,
+        root: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        log: Callable[[str], None] | None = None,
+        instance: int = DEFAULT_INSTANCE,
     ) -> None:
-        self.root = os.path.abspath(root or DEFAULT_DIR)
+        if not 0 <= instance <= 9:
+            raise ClusterError("instance %r: 0 to 9" % (instance,))
+        self.instance = instance
+        self.epmd_port = EPMD_PORT + instance
+        self.root = os.path.abspath(root or default_dir(instance))
         self.timeout = timeout
         self.log = log or (lambda text: None)
         self.home = os.path.join(self.root, "home")
@@ -206,7 +227,7 @@ class Cluster:
     def node(self, index: int) -> Node:
         if not 1 <= index <= max(self.size, 1) or index > 9:
             raise ClusterError("no node %d (the cluster has %d)" % (index, self.size))
-        return Node(self.root, index)
+        return Node(self.root, index, self.instance)
 
     @property
     def url(self) -> str:
@@ -223,7 +244,7 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
         env.update(
             HOME=self.home,
-            ERL_EPMD_PORT=str(EPMD_PORT),
+            ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS=HOST,
             RABBITMQ_CONF_ENV_FILE=os.path.join(node.dir, "rabbitmq-env.conf"),
             RABBITMQ_NODENAME=node.name,
@@ -280,15 +301,15 @@ class Cluster:
     # --- epmd -----------------------------------------------------------------------------------------
 
     def _start_epmd(self) -> None:
-        if _alive(self.epmd_pid, "epmd", "-port %d " % EPMD_PORT):
+        if _alive(self.epmd_pid, "epmd", "-port %d " % self.epmd_port):
             return
         if _port_open(EPMD_PORT):
             raise ClusterError(
-                "start epmd on port %d: the port is in use by a process this tool did not start" % EPMD_PORT
+                "start epmd on port %d: the port is in use by a process this tool did not start" % self.epmd_port
             )
         epmd = shutil.which("epmd") or "/usr/bin/epmd"
         proc = subprocess.Popen(
-            [epmd, "-port", str(EPMD_PORT), "-address", HOST],
+            [epmd, "-port", str(self.epmd_port), "-address", HOST],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -296,14 +317,14 @@ class Cluster:
         )
         self.epmd_pid = proc.pid
         self._save()
-        _wait("epmd on port %d" % EPMD_PORT, lambda: _port_open(EPMD_PORT), 10)
+        _wait("epmd on port %d" % self.epmd_port, lambda: _port_open(self.epmd_port), 10)
 
     def _stop_epmd(self) -> None:
         pid = self.epmd_pid
-        if _alive(pid, "epmd", "-port %d " % EPMD_PORT):
+        if _alive(pid, "epmd", "-port %d " % self.epmd_port):
             assert pid is not None
             os.kill(pid, signal.SIGTERM)
-            _wait("epmd (pid %d) to exit" % pid, lambda: not _alive(pid, "epmd", "-port %d " % EPMD_PORT), 10)
+            _wait("epmd (pid %d) to exit" % pid, lambda: not _alive(pid, "epmd", "-port %d " % self.epmd_port), 10)
         try:
             os.waitpid(pid or -1, os.WNOHANG)  # reap it when it is our child
         except (ChildProcessError, OSError):
@@ -428,7 +449,7 @@ class Cluster:
         """Start ``size`` fresh nodes (a clean directory) and join them into one cluster."""
         if not 1 <= size <= 9:
             raise ClusterError("start %d: a cluster has 1 to 9 nodes" % size)
-        if self.running() or _alive(self.epmd_pid, "epmd", "-port %d " % EPMD_PORT):
+        if self.running() or _alive(self.epmd_pid, "epmd", "-port %d " % self.epmd_port):
             raise ClusterError("start: a cluster under %s is running; stop it first" % self.root)
         if not os.path.exists(os.path.join(SBIN, "rabbitmq-server")):
             raise ClusterError("start: %s/rabbitmq-server not found (is RabbitMQ installed?)" % SBIN)
@@ -567,7 +588,14 @@ class Cluster:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/cluster.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", default=DEFAULT_DIR, help="where the cluster lives (default %(default)s)")
+    parser.add_argument("--dir", default=None, help="where the cluster lives (default: %s)" % DEFAULT_DIR)
+    parser.add_argument(
+        "--instance",
+        type=int,
+        default=DEFAULT_INSTANCE,
+        help="0-9: a cluster beside the others; ports shifted by 10 per instance, epmd by 1 "
+        "(default $PUKA_CLUSTER_INSTANCE or 0)",
+    )
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds for each wait")
     sub = parser.add_subparsers(dest="command", required=True)
     p_start = sub.add_parser("start", help="start N nodes and join them")
@@ -579,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_node.add_argument("action", choices=("stop_app", "start_app", "stop", "start", "kill", "rabbitmqctl"))
     p_node.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
-    cluster = Cluster(opts.dir, opts.timeout, log=lambda text: print(text, file=sys.stderr))
+    cluster = Cluster(opts.dir, opts.timeout, log=lambda text: print(text, file=sys.stderr), instance=opts.instance)
     try:
         if opts.command == "start":
             started = time.monotonic()
