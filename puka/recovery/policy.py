@@ -70,18 +70,32 @@ class Recovery:
     has not yet seen go) or 404 "home node ... is down" (a queue whose node is not back yet).
     ``connect_timeout`` (seconds, > 0, or None): for one attempt (TCP, TLS and handshake); None: the
     client's ``connection_timeout``.
+    ``nack_retry`` (seconds, >= 0; 0: off): a publish the broker nacks is not failed but sent again on a new
+    connection (the next host, with backoff) until it has been nacked for this long; then it fails with
+    PublishNacked.  For quorum queues in a cluster: RabbitMQ nacks publishes while a queue has no leader, and
+    a channel that began publishing then keeps being nacked.  Off by default, since a nack also means a queue
+    refused the message for good (``x-overflow: reject-publish``).
 
     A wrong type is a TypeError, a value out of range (negative, NaN, infinite) a ValueError.
     Instances are immutable and compare equal when their settings are.
     """
 
-    __slots__ = ("initial_delay", "max_delay", "deadline", "republish", "locked_retry", "connect_timeout")
+    __slots__ = (
+        "initial_delay",
+        "max_delay",
+        "deadline",
+        "republish",
+        "locked_retry",
+        "connect_timeout",
+        "nack_retry",
+    )
     initial_delay: float
     max_delay: float
     deadline: float | None
     republish: bool
     locked_retry: float
     connect_timeout: float | None
+    nack_retry: float
 
     def __init__(
         self,
@@ -91,6 +105,7 @@ class Recovery:
         republish: bool = True,
         locked_retry: float = 5.0,
         connect_timeout: float | None = None,
+        nack_retry: float = 0.0,
     ) -> None:
         if not isinstance(republish, bool):
             raise TypeError("republish must be True or False, not %r" % (republish,))
@@ -100,6 +115,7 @@ class Recovery:
             republish,
             _seconds("locked_retry", locked_retry),
             None if connect_timeout is None else _seconds("connect_timeout", connect_timeout, zero=False),
+            _seconds("nack_retry", nack_retry),
         )
         for name, value in zip(self.__slots__, values):
             object.__setattr__(self, name, value)
