@@ -9,7 +9,7 @@ Bodies name the publisher and an index, so the consumers' tally tells what arriv
 consumers, once they have received every confirmed message) and asserts the contract:
 
 * every publish promise resolved exactly once, and none failed;
-* every confirmed message was consumed at least once;
+* every confirmed message was consumed at least once (delivered, redelivered or not);
 * duplicates -- a message delivered more than once *as new* (``redelivered`` unset: a publish sent again by
   recovery) -- at most the publishes unconfirmed when a publisher lost its connection (``unconfirmed_at_fault``);
   redeliveries (``redelivered`` set: a consumer's connection went before its ack) are counted apart;
@@ -257,6 +257,7 @@ class Consumer(Worker):
         super().__init__(*args, **kwargs)
         self.prefetch = prefetch
         self.fresh: Counter[tuple[str, int]] = Counter()  # deliveries with redelivered unset
+        self.seen: set[tuple[str, int]] = set()  # every message delivered, redelivered or not
         self.redelivered = 0
         self.deliveries = 0
         self.tags: set[str] = set()
@@ -274,12 +275,14 @@ class Consumer(Worker):
             self.consume_errors.append(message.exception)
             return
         name, index = message["body"].rsplit(b" ", 1)
+        key = (name.decode(), int(index))
+        self.seen.add(key)
         self.deliveries += 1
         self.last_delivery = time.monotonic()
         if message["redelivered"]:
             self.redelivered += 1
         else:
-            self.fresh[(name.decode(), int(index))] += 1
+            self.fresh[key] += 1
         self.tags.add(message["consumer_tag"])
         assert self.client is not None
         self.client.basic_ack(message)
@@ -357,7 +360,7 @@ class Load:
         def received() -> set[tuple[str, int]]:
             keys: set[tuple[str, int]] = set()
             for consumer in self.consumers:
-                keys |= set(consumer.fresh)
+                keys |= consumer.seen
             return keys
 
         try:
@@ -390,13 +393,16 @@ class Load:
             duplicated,
             allowed,
         )
-        unexpected = set(fresh) - {(p.name, i) for p in self.publishers for i in p.sent.values()}
+        consumed: set[tuple[str, int]] = set()
+        for consumer in self.consumers:
+            consumed |= consumer.seen
+        unexpected = consumed - {(p.name, i) for p in self.publishers for i in p.sent.values()}
         assert not unexpected, "messages nobody published: %r" % sorted(unexpected)[:10]
         outages = [o for w in self.workers for o in w.outages]
         return {
             "published": sum(len(p.sent) for p in self.publishers),
             "confirmed": len(confirmed),
-            "consumed": len(fresh),
+            "consumed": len(consumed),
             "duplicated": duplicated,
             "unconfirmed_at_faults": allowed,
             "redelivered": sum(c.redelivered for c in self.consumers),

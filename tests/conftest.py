@@ -45,8 +45,12 @@ def _order(item) -> int:
 
 def pytest_collection_modifyitems(config, items):
     """The cluster tests run together after the others (the cluster is up only meanwhile); tests that restart
-    the broker after every other test."""
+    the broker after every other test.  The chaos soak's timeout follows its duration."""
     items.sort(key=_order)
+    seconds = config.getoption("--chaos-seconds")
+    for item in items:
+        if item.nodeid.startswith("tests/test_chaos.py"):
+            item.add_marker(pytest.mark.timeout(int(2 * seconds + 1200)))
 
 
 _CLUSTER: list = []  # the cluster started by the ``cluster`` fixture, while it runs
@@ -73,8 +77,11 @@ def _stop_cluster() -> None:
         _CLUSTER.pop().stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """Stop the cluster after the last cluster test, so the tests after it have the machine to themselves."""
+    """Stop the cluster after the last cluster test (once its fixtures are torn down), so the tests after it
+    have the machine to themselves."""
+    yield
     if _CLUSTER and (nextitem is None or nextitem.get_closest_marker("cluster") is None):
         _stop_cluster()
 
