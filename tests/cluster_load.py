@@ -20,6 +20,7 @@ Only the public API: the clients are watched through middleware hooks and callba
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -189,11 +190,11 @@ class Publisher(Worker):
         super().__init__(*args, **kwargs)
         self.window = window
         self.rate = rate
-        self.sent: dict[int, int] = {}  # promise -> index
-        # promise -> how many results it had (the results themselves are not kept: the soak measures the
-        # memory puka allocates, and a Result is allocated by puka)
-        self.outcomes: dict[int, int] = {}
-        self.confirmed_numbers: set[int] = set()
+        # Keyed by the message's index, never by the promise number, and results are not kept: the soak
+        # measures the memory allocated by puka that is still alive, and both are puka's allocations.
+        self.sent = 0  # publishes made
+        self.outcomes: dict[int, int] = {}  # index -> how many results its promise had
+        self.confirmed_indexes: set[int] = set()
         self.confirmed = 0
         self.failed: list[BaseException] = []
         self.unconfirmed_at_fault = 0
@@ -203,7 +204,7 @@ class Publisher(Worker):
 
     @property
     def unconfirmed(self) -> int:
-        return len(self.sent) - len(self.outcomes)
+        return self.sent - len(self.outcomes)
 
     def lost(self, exc: BaseException) -> None:
         self.unconfirmed_at_fault += self.unconfirmed
@@ -218,18 +219,18 @@ class Publisher(Worker):
         client = self.client
         assert client is not None
         due = self.rate * (time.monotonic() - self.started)
-        while self.publishing and self.unconfirmed < self.window and len(self.sent) < due:
-            index = len(self.sent)
+        while self.publishing and self.unconfirmed < self.window and self.sent < due:
+            index = self.sent
             body = b"%s %d" % (self.name.encode(), index)
-            number = client.basic_publish("", self.queue, body, callback=self.on_confirm)
-            self.sent[number] = index
+            client.basic_publish("", self.queue, body, callback=functools.partial(self.on_confirm, index))
+            self.sent = index + 1
 
-    def on_confirm(self, number: int, result: Any) -> None:
-        self.outcomes[number] = self.outcomes.get(number, 0) + 1
+    def on_confirm(self, index: int, number: int, result: Any) -> None:
+        self.outcomes[index] = self.outcomes.get(index, 0) + 1
         if result.is_error:
             self.failed.append(result.exception)
         else:
-            self.confirmed_numbers.add(number)
+            self.confirmed_indexes.add(index)
             self.confirmed += 1
             self.last_confirm = time.monotonic()
 
@@ -243,7 +244,7 @@ class Publisher(Worker):
             client.loop(timeout=0.1)
 
     def confirmed_keys(self) -> set[tuple[str, int]]:
-        return {(self.name, self.sent[number]) for number in self.confirmed_numbers}
+        return {(self.name, index) for index in self.confirmed_indexes}
 
 
 class Consumer(Worker):
@@ -403,11 +404,11 @@ class Load:
         consumed: set[tuple[str, int]] = set()
         for consumer in self.consumers:
             consumed |= consumer.seen
-        unexpected = consumed - {(p.name, i) for p in self.publishers for i in p.sent.values()}
+        unexpected = consumed - {(p.name, i) for p in self.publishers for i in range(p.sent)}
         assert not unexpected, "messages nobody published: %r" % sorted(unexpected)[:10]
         outages = [o for w in self.workers for o in w.outages]
         return {
-            "published": sum(len(p.sent) for p in self.publishers),
+            "published": sum(p.sent for p in self.publishers),
             "confirmed": len(confirmed),
             "consumed": len(consumed),
             "duplicated": duplicated,
