@@ -303,7 +303,7 @@ class Cluster:
     def _start_epmd(self) -> None:
         if _alive(self.epmd_pid, "epmd", "-port %d " % self.epmd_port):
             return
-        if _port_open(EPMD_PORT):
+        if _port_open(self.epmd_port):
             raise ClusterError(
                 "start epmd on port %d: the port is in use by a process this tool did not start" % self.epmd_port
             )
