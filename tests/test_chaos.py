@@ -11,7 +11,9 @@ fault, chosen by a seeded RNG (the seed is printed; ``--chaos-seed N`` replays t
 * ``stall``: the proxies stop forwarding for 1-8 s (the clients' heartbeat of 2 s notices past 4 s).
 
 After each fault the driver waits for the traffic to flow again (no client in an outage, every publisher
-confirmed and every consumer received something since) -- the time to recover of that fault -- and brings
+confirmed and every consumer received something since) -- the time to recover of that fault, counted from
+the start of the fault's command (so it includes rabbitmqctl's own start-up, and a stall's duration); the
+clients' own outages (loss to recovery, as ``on_recovered`` reports them) are kept per fault too -- and brings
 a stopped node back (waiting until it is a member again and the queue's replicas are online), so the queue
 never loses its quorum.  At the end (:meth:`cluster_load.Load.check`): every confirmed publish consumed at
 least once, duplicates at most the publishes unconfirmed at the faults, every promise resolved once, one
@@ -67,6 +69,7 @@ class Driver:
         cluster, rng = self.cluster, self.rng
         record: dict = {"kind": kind, "at": round(time.monotonic() - self.started, 1)}
         started = time.monotonic()
+        outages_before = [len(w.outages) for w in self.load.workers]
         revive = None
         if kind in ("node_stop", "node_kill"):
             k = rng.randrange(1, cluster.size + 1)
@@ -97,6 +100,10 @@ class Driver:
                 proxy.resume()
         self.load.wait_flowing()
         record["recover_seconds"] = round(time.monotonic() - started, 3)
+        # what the clients themselves measured: loss to recovery, for each connection this fault took
+        record["client_outages"] = [
+            round(o, 3) for w, n in zip(self.load.workers, outages_before) for o in w.outages[n:]
+        ]
         if revive is not None:
             cluster.start_node(revive)
             cluster.wait_members(cluster.size)
@@ -168,8 +175,10 @@ def test_chaos_soak(cluster, request):
     for proxy in proxies:
         assert proxy.error is None, proxy.error
     by_kind: dict[str, list[float]] = defaultdict(list)
+    client_outages: dict[str, list[float]] = defaultdict(list)
     for record in driver.faults:
         by_kind[record["kind"]].append(record["recover_seconds"])
+        client_outages[record["kind"]] += record["client_outages"]
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seed": seed,
@@ -185,6 +194,10 @@ def test_chaos_soak(cluster, request):
                 "count": len(values),
             }
             for kind, values in sorted(by_kind.items())
+        },
+        "client_outage_seconds": {
+            kind: {"median": round(statistics.median(values), 3), "max": round(max(values), 3), "count": len(values)}
+            for kind, values in sorted(client_outages.items())
         },
         "fds": {"after_first_fault": samples[0][0], "max": max(s[0] for s in samples), "end": final_fds},
         "puka_memory_bytes": {
