@@ -106,7 +106,7 @@ class Driver:
         ]
         if revive is not None:
             cluster.start_node(revive)
-            cluster.wait_members(cluster.size)
+            cluster.wait_members(cluster.size, index=revive)
             wait_for("the queue's replicas online", self.replicas_online, PATIENCE, 0.5)
         self.faults.append(record)
         return record

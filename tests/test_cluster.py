@@ -17,6 +17,7 @@ import time
 import uuid
 
 import pytest
+from cluster import answers_amqp
 from cluster_load import PATIENCE, Consumer, Load, Publisher, recovery, wait_for
 
 import puka
@@ -37,12 +38,16 @@ def qname(cluster):
 
 def healthy(cluster) -> None:
     """Every node running and in the cluster (a test that took one down brings it back; this makes sure)."""
+    changed = False
     for k in range(1, cluster.size + 1):
         if not cluster.pid(k):
             cluster.start_node(k)
-    for k in range(1, cluster.size + 1):
-        cluster.wait_amqp(k)
-    cluster.wait_members(cluster.size)
+            changed = True
+        elif not answers_amqp(cluster.node(k).amqp_port):
+            cluster.start_app(k)
+            changed = True
+    if changed:
+        cluster.wait_members(cluster.size)
 
 
 def port_index(cluster, port: int) -> int:
@@ -95,7 +100,7 @@ def test_a_stop_of_the_clients_node(cluster, qname, loads):
     assert all(w.port != cluster.node(node).amqp_port for w in load.workers)
     assert all(w.losses and len(w.outages) == len(w.losses) for w in load.workers), losses(load)
     cluster.start_node(node)
-    cluster.wait_members(3)
+    cluster.wait_members(3, index=node)
     load.wait_confirms(20)
     load.check()
 
@@ -108,7 +113,7 @@ def test_a_kill_9_of_the_clients_node(cluster, qname, loads):
     assert all(w.port != cluster.node(node).amqp_port for w in load.workers)
     assert all(w.losses and len(w.outages) == len(w.losses) for w in load.workers), losses(load)
     cluster.start_node(node)
-    cluster.wait_members(3)
+    cluster.wait_members(3, index=node)
     wait_for("every member of the queue online", lambda: members_online(cluster, qname, 3), PATIENCE, 0.5)
     load.wait_confirms(20)
     load.check()
@@ -134,7 +139,7 @@ def test_a_rolling_restart(cluster, qname, loads):
         cluster.stop_node(k)
         load.wait_flowing()
         cluster.start_node(k)
-        cluster.wait_members(3)
+        cluster.wait_members(3, index=k)
         wait_for("every member of the queue online", lambda: members_online(cluster, qname, 3), PATIENCE, 0.5)
         load.wait_confirms(20)
     # each client was on one of the nodes, so each lost its connection at least once
@@ -182,7 +187,7 @@ def test_a_publish_to_a_classic_queue_whose_node_is_down_is_confirmed_and_droppe
             assert mandatory.is_error and isinstance(mandatory.exception, puka.NoRoute)
     finally:
         cluster.start_app(home)
-        cluster.wait_members(3)
+        cluster.wait_members(3, index=home)
     with puka.Client(cluster.node(other).url) as client:
         ok = client.wait(client.queue_declare(qname, passive=True), timeout=PATIENCE)
         assert ok["message_count"] == 0  # ...and dropped
@@ -218,7 +223,7 @@ def test_a_classic_queue_on_a_down_node_cancels_its_consumer_and_recovery_retrie
         assert pump(client, lambda: len(watch.refusals()) >= 3, PATIENCE), watch.refusals()
         assert watch.in_outage and "home node" in watch.refusals()[0]
         cluster.start_app(home)
-        cluster.wait_members(3)
+        cluster.wait_members(3, index=home)
         assert pump(client, lambda: not watch.in_outage, PATIENCE)
         ok = client.wait(client.queue_declare(qname, passive=True), timeout=PATIENCE)
         assert ok["message_count"] == 0

@@ -501,17 +501,22 @@ class Cluster:
         except ValueError:
             raise ClusterError("rabbitmqctl -n %s cluster_status: not JSON" % self.node(k).name, out) from None
 
-    def wait_members(self, count: int, timeout: float | None = None) -> None:
-        """Until ``cluster_status`` on each running node lists ``count`` running members."""
+    def wait_members(self, count: int, timeout: float | None = None, index: int | None = None) -> None:
+        """Until ``cluster_status`` lists ``count`` running members on node ``index`` (None: on each running
+        node; a node that listed them once is not asked again)."""
+        done: set[int] = set()
 
         def members_ok() -> bool:
-            for k in self.running():
+            for k in [index] if index else self.running():
+                if k in done:
+                    continue
                 try:
                     running = self.cluster_status(k).get("running_nodes", [])
                 except ClusterError:
                     return False
                 if len(running) < count:
                     return False
+                done.add(k)
             return True
 
         _wait("%d running members in cluster_status" % count, members_ok, timeout or self.timeout, 0.5)
