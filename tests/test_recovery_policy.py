@@ -10,7 +10,7 @@ import pytest
 
 import puka
 from puka.recovery import Recovery
-from puka.recovery.policy import Backoff, HostRotation
+from puka.recovery.policy import Backoff, FleetCounter, HostRotation
 from puka.urls import parse_amqp_urls, redacted_urls
 
 THREE = parse_amqp_urls("amqp://u:Zq9!Xk7@a:5672,b:5673,c:5674/")
@@ -199,8 +199,46 @@ def test_the_first_round_tries_every_host_once():
         assert sorted(first, key=lambda p: p.port) == list(THREE)
 
 
-def test_the_same_seed_gives_the_same_order():
-    assert HostRotation(THREE, random.Random(7)).first_round() == HostRotation(THREE, random.Random(7)).first_round()
+def test_the_same_seed_and_start_give_the_same_order():
+    first = HostRotation(THREE, random.Random(7), start=1).first_round()
+    assert first == HostRotation(THREE, random.Random(7), start=1).first_round()
+    assert first[0] == THREE[1]
+
+
+def test_thirty_clients_of_one_process_get_exactly_ten_first_hosts_each():
+    # the process's own round robin, as puka.Client uses it (no source injected)
+    first = collections.Counter(HostRotation(THREE).first_round()[0].host for _ in range(30))
+    assert first == {"a": 10, "b": 10, "c": 10}
+
+
+def test_the_round_robin_begins_at_a_random_place_once_per_process():
+    starts = collections.Counter()
+    for seed in range(30):
+        fleet = FleetCounter(random.Random(seed))
+        firsts = [HostRotation(THREE, random.Random(i), start=fleet.next_start(THREE)).order[0] for i in range(6)]
+        assert firsts[3:] == firsts[:3] and sorted(firsts[:3], key=lambda p: p.port) == list(THREE)
+        starts[firsts[0].host] += 1
+    assert set(starts) == {"a", "b", "c"}  # each process (seed) begins somewhere else
+
+
+def test_each_list_of_hosts_has_its_own_turn():
+    fleet = FleetCounter(random.Random(1))
+    other = parse_amqp_urls("amqp://x,y")
+    a = [fleet.next_start(THREE) for _ in range(3)]
+    fleet.next_start(other)
+    b = [fleet.next_start(THREE) for _ in range(3)]
+    assert sorted(a) == [0, 1, 2] and b == a
+
+
+def test_the_other_hosts_follow_in_the_clients_own_order():
+    rests = {tuple(h.host for h in HostRotation(THREE, random.Random(seed), start=0).order[1:]) for seed in range(20)}
+    assert rests == {("b", "c"), ("c", "b")}
+
+
+@pytest.mark.parametrize("start", [-1, 3])
+def test_a_start_outside_the_list_is_refused(start):
+    with pytest.raises(ValueError):
+        HostRotation(THREE, random.Random(1), start=start)
 
 
 def test_a_fleet_spreads_over_the_cluster_from_the_start():
@@ -225,7 +263,7 @@ def test_a_rotation_without_a_source_draws_from_its_own():
 def test_losing_a_node_spreads_its_clients_over_the_survivors():
     moved = collections.Counter()
     for seed in range(30):
-        rotation = HostRotation(THREE, random.Random(seed))
+        rotation = HostRotation(THREE, random.Random(seed), start=0)
         rotation.connected(THREE[0])
         rotation.outage_started()
         moved[rotation.next_host(THREE[0]).host] += 1

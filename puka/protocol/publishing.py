@@ -12,6 +12,9 @@ access refused) fails only the publishes to that exchange.  Past
 * basic.return arrives before the ack of the returned message; mandatory
   publishes carry an ``x-puka-promise`` header, so the return fails exactly
   its own promise (NoRoute...), and the ack that follows is absorbed.
+* With ``on_nacked`` set (a recovery's ``nack_retry``), a nacked publish it
+  takes stays pending, and the connection is abandoned: the recovery sends
+  it again on a new one.
 * A channel.close on a publish channel fails every publish in flight on it
   and the channel is reopened; publishes made meanwhile wait in the
   publisher's ``backlog`` and go out once it is ready again.
@@ -42,6 +45,7 @@ from .channels import PUBLISH_CHANNEL, Channel, ChannelState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ..promise import Callback
@@ -136,6 +140,8 @@ class Publishing:
         self.renamed: dict[str, str] = {}
         #: publishes with reply_to amq.rabbitmq.reply-to go out on the reply-to consumer's channel
         self.reply_publisher: Publisher | None = None
+        #: a recovery's nack_retry: called with a nacked publish; True: it stays pending (sent again later)
+        self.on_nacked: Callable[[Promise], bool] | None = None
 
     def configure(self, pubacks_in_use: bool, frame_max: int) -> None:
         """The handshake agreed on confirms and the frame size."""
@@ -470,9 +476,14 @@ class Publishing:
                 session.violation("basic.nack for delivery tag %d, which is not in flight" % tag)
                 return
             tags = range(tag, tag + 1)
+        on_nacked = self.on_nacked
+        kept = 0
         for t in tags:
             promise = publisher.inflight.pop(t, None)
-            if promise is not None:
+            if promise is not None and on_nacked is not None and on_nacked(promise):
+                promise.tag = None
+                kept += 1
+            elif promise is not None:
                 session.table.fail(
                     promise,
                     exceptions.PublishNacked("the broker nacked the message (delivery tag %d)" % t),
@@ -480,6 +491,13 @@ class Publishing:
                 )
             else:
                 publisher.returned.discard(t)
+        if kept:
+            session.abandon(
+                exceptions.ConnectionBroken(
+                    "the broker nacked %d publish%s: sending again on a new connection (nack_retry)"
+                    % (kept, "" if kept == 1 else "es")
+                )
+            )
 
     def on_return(self, channel: Channel, message: Any) -> None:
         session = self.session

@@ -272,6 +272,12 @@ class Session:
         self.port.close_transport(exc, False)
         self.on_broken(exc)
 
+    def abandon(self, exc: ConnectionBroken) -> None:
+        """End a healthy connection on purpose (a recovery moves to a new one)."""
+        log.warning("%s", exc)
+        self.port.close_transport(exc, False)
+        self.on_broken(exc)
+
     def on_broken(self, exc: BaseException) -> None:
         """The connection is gone: every unfinished promise fails with ``exc``."""
         handshake = self.handshake

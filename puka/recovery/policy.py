@@ -11,18 +11,25 @@ consults; none of them touches a socket or reads a clock.
   ``initial_delay`` as a floor rather than 0, so that however unlucky the
   draws, a client makes at most one attempt per ``initial_delay`` and never
   spins on a dead cluster.  :meth:`Backoff.reset` starts over (a new outage).
-* :class:`HostRotation` orders the hosts.  Each client shuffles the list once
-  (its own random permutation), so a fleet spreads over the cluster both when
-  it starts and when a node goes: the node's clients move on to different
-  survivors rather than all to the next host in the list.  The first connect
+* :class:`HostRotation` orders the hosts.  The first host of each new client
+  is the next in a round robin over the list, kept per list of hosts for the
+  whole process and begun at a random place once per process
+  (:class:`FleetCounter`): thirty clients of one process given three nodes get
+  exactly ten each, and several processes start at different nodes.  The
+  other hosts follow in the client's own random order, so when a node goes its
+  clients move on to different survivors rather than all to the same one.
+  The first connect
   tries every host once (:meth:`HostRotation.first_round`) and then fails;
   recovery asks :meth:`HostRotation.next_host` after each failure, which never
   returns the host that just failed while some host is untried in this outage.
 
-Randomness comes from an injectable ``random.Random``, so tests are deterministic.
+Randomness comes from an injectable ``random.Random`` (and the round robin's
+place from an injectable start), so tests are deterministic.
 """
 
 from __future__ import annotations
+
+import itertools
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,18 +70,32 @@ class Recovery:
     has not yet seen go) or 404 "home node ... is down" (a queue whose node is not back yet).
     ``connect_timeout`` (seconds, > 0, or None): for one attempt (TCP, TLS and handshake); None: the
     client's ``connection_timeout``.
+    ``nack_retry`` (seconds, >= 0; 0: off): a publish the broker nacks is not failed but sent again on a new
+    connection (the next host, with backoff) until it has been nacked for this long; then it fails with
+    PublishNacked.  For quorum queues in a cluster: RabbitMQ nacks publishes while a queue has no leader, and
+    a channel that began publishing then keeps being nacked.  Off by default, since a nack also means a queue
+    refused the message for good (``x-overflow: reject-publish``).
 
     A wrong type is a TypeError, a value out of range (negative, NaN, infinite) a ValueError.
     Instances are immutable and compare equal when their settings are.
     """
 
-    __slots__ = ("initial_delay", "max_delay", "deadline", "republish", "locked_retry", "connect_timeout")
+    __slots__ = (
+        "initial_delay",
+        "max_delay",
+        "deadline",
+        "republish",
+        "locked_retry",
+        "connect_timeout",
+        "nack_retry",
+    )
     initial_delay: float
     max_delay: float
     deadline: float | None
     republish: bool
     locked_retry: float
     connect_timeout: float | None
+    nack_retry: float
 
     def __init__(
         self,
@@ -84,6 +105,7 @@ class Recovery:
         republish: bool = True,
         locked_retry: float = 5.0,
         connect_timeout: float | None = None,
+        nack_retry: float = 0.0,
     ) -> None:
         if not isinstance(republish, bool):
             raise TypeError("republish must be True or False, not %r" % (republish,))
@@ -93,6 +115,7 @@ class Recovery:
             republish,
             _seconds("locked_retry", locked_retry),
             None if connect_timeout is None else _seconds("connect_timeout", connect_timeout, zero=False),
+            _seconds("nack_retry", nack_retry),
         )
         for name, value in zip(self.__slots__, values):
             object.__setattr__(self, name, value)
@@ -145,20 +168,59 @@ class Backoff:
         self.attempt = 0
 
 
-class HostRotation:
-    """Which host to try next.  See the module docstring."""
+class FleetCounter:
+    """The round robin of first hosts shared by every client of a process, one per list of hosts.
 
-    def __init__(self, hosts: Sequence[ConnectionParameters], rng: random.Random | None = None) -> None:
+    Each list's turn begins at a random place drawn once (``rng``, or a new
+    ``random.Random``), then moves one host per new client.
+    """
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng
+        self._turns: dict[tuple[tuple[str, int, str], ...], itertools.count[int]] = {}
+
+    def next_start(self, hosts: Sequence[ConnectionParameters]) -> int:
+        """The index in ``hosts`` of the next client's first host."""
+        key = tuple((h.host, h.port, h.vhost) for h in hosts)
+        turn = self._turns.get(key)
+        if turn is None:
+            if self.rng is None:
+                import random
+
+                self.rng = random.Random()
+            turn = self._turns.setdefault(key, itertools.count(self.rng.randrange(len(hosts))))
+        return next(turn) % len(hosts)
+
+
+#: the process's round robin (see :class:`FleetCounter`)
+FLEET = FleetCounter()
+
+
+class HostRotation:
+    """Which host to try next.  See the module docstring.
+
+    ``start``: the index in ``hosts`` of the first host; None: the next in the process's
+    round robin (:data:`FLEET`).
+    """
+
+    def __init__(
+        self, hosts: Sequence[ConnectionParameters], rng: random.Random | None = None, start: int | None = None
+    ) -> None:
         if not hosts:
             raise ValueError("no host to connect to")
         if rng is None:
             import random
 
             rng = random.Random()
-        #: the hosts as given, and in this client's (random) order
+        if start is None:
+            start = FLEET.next_start(hosts)
+        elif not 0 <= start < len(hosts):
+            raise ValueError("start must be an index of hosts (0 to %d), not %r" % (len(hosts) - 1, start))
+        #: the hosts as given, and in this client's order: the round robin's, then the others shuffled
         self.hosts = tuple(hosts)
-        self.order = list(hosts)
-        rng.shuffle(self.order)
+        rest = list(hosts[start + 1 :]) + list(hosts[:start])
+        rng.shuffle(rest)
+        self.order = [hosts[start], *rest]
         #: the host of the current (or last) connection
         self.current: ConnectionParameters | None = None
         #: the hosts tried (or lost) in this outage, in that order, each once: for error messages

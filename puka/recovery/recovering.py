@@ -25,7 +25,10 @@ the replay is done, only the recovery's own operations run on it.
   :class:`~puka.exceptions.OperationInterrupted`.  A pending basic_qos sets the
   consume's new window; a pending basic_cancel ends the consume.
 * Unconfirmed publishes are re-sent, in order, ahead of any new publish
-  (``republish``), or fail with ConnectionBroken.
+  (``republish``), or fail with ConnectionBroken.  With ``nack_retry``, a
+  publish the broker nacks stays pending and the connection is abandoned, so
+  it is re-sent the same way (on the next host; the backoff is not reset by
+  such a recovery), until it has been nacked for ``nack_retry`` seconds.
 * Operations made during the outage queue on the new Core behind all that
   (push-back still applies).
 
@@ -130,6 +133,10 @@ class RecoveringCore:
         self._republished = 0
         self._renamed_now: dict[str, str] = {}
         self._restoring: list[Promise] = []
+        #: promise number -> when the broker first nacked it (nack_retry)
+        self._nacked: dict[int, float] = {}
+        #: the last loss was a connection abandoned for a nacked publish: the backoff goes on growing
+        self._nack_loss = False
         self.current: Core = self._install(make_core(self.host, False))
 
     # --- the current Core ----------------------------------------------------------------------------
@@ -161,6 +168,8 @@ class RecoveringCore:
             session.call_observer = self._on_call_done
             core.publishing.renamed = self.renamed
             core.consuming.on_unknown_settlement = self._on_unknown_settlement
+            if self.recovery.nack_retry and self.recovery.republish:
+                core.publishing.on_nacked = self._on_nacked
         for listener in self.listeners:
             listener.switched()
         return core
@@ -610,7 +619,12 @@ class RecoveringCore:
         self._restoring = []
         self.current.session.release_gate()
         assert self.backoff is not None
-        self.backoff.reset()
+        if not self._nack_loss:
+            self.backoff.reset()
+        self._nack_loss = False
+        if self._nacked:
+            promises = self.table.promises
+            self._nacked = {n: t for n, t in self._nacked.items() if n in promises and not promises[n].final}
         self.rotation.connected(self.host)
         info = {
             "host": self.host.redacted_url(),
@@ -630,6 +644,19 @@ class RecoveringCore:
             listener.recovered(info)
 
     # --- hooks of the protocol core -------------------------------------------------------------------
+
+    def _on_nacked(self, promise: Promise) -> bool:
+        """A publish was nacked: keep it pending, to be sent again on a new connection, for ``nack_retry``."""
+        recovery = self.recovery
+        if recovery is None or self.state is not _OPEN or self.closing or promise.request is None:
+            return False
+        now = time.monotonic()
+        first = self._nacked.setdefault(promise.number, now)
+        if now - first >= recovery.nack_retry:
+            del self._nacked[promise.number]
+            return False
+        self._nack_loss = True
+        return True
 
     def _on_call_done(self, promise: Promise, result: Any) -> None:
         if not isinstance(result, ErrorResult):
