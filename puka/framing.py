@@ -80,23 +80,37 @@ class FrameReader:
         return len(self._buffer)
 
     def feed(self, data: Buffer) -> list[Frame]:
-        """Add received bytes; return the frames they completed (maybe none)."""
-        buf = self._buffer
-        if buf:
-            # Frames are cut from one bytes object: a slice of it is the payload (one copy).
-            data = b"".join((buf, data))
-            buf.clear()
-        elif data.__class__ is not bytes:
+        """Add received bytes; return the frames they completed (maybe none).
+
+        Frames are cut from ``data`` itself (a payload is one slice: one copy).
+        A frame left incomplete by the previous read is completed from the head
+        of ``data``, copying only what it lacks, so a read is never joined to
+        what came before (that would cost a copy of the whole read, and at big
+        frames fresh memory for every read).
+        """
+        if data.__class__ is not bytes:
             data = bytes(data)
+        buf = self._buffer
         frames: list[Frame] = []
+        pos = 0
+        if buf:
+            pos = self._complete(data, frames)
+            if buf:  # still incomplete: all of ``data`` went into it
+                return frames
+        pos = self._cut(data, pos, frames)
+        if pos < len(data):
+            buf += memoryview(data)[pos:]
+        return frames
+
+    def _cut(self, data: bytes, pos: int, frames: list[Frame]) -> int:
+        """Append the complete frames of ``data`` from ``pos`` on; return where the rest begins."""
         append = frames.append
         size = len(data)
         max_payload = self._max_payload
-        pos = 0
         while size - pos >= 7:
             frame_type, channel, length = _unpack_header(data, pos)
             if length > max_payload:
-                raise DecodeError("frame of %d bytes exceeds frame_max %d" % (length + 8, max_payload + 8))
+                raise self._too_big(length)
             end = pos + 7 + length
             if end >= size:
                 break  # incomplete (the frame-end octet is at index `end`)
@@ -106,9 +120,36 @@ class FrameReader:
                 raise DecodeError("unknown frame type %d" % frame_type)
             append((frame_type, channel, data[pos + 7 : end]))
             pos = end + 1
-        if pos < size:
-            buf += memoryview(data)[pos:]
-        return frames
+        return pos
+
+    def _complete(self, data: bytes, frames: list[Frame]) -> int:
+        """Complete the buffered partial frame from the head of ``data``; return the bytes taken.
+
+        The buffer is empty afterwards if the frame was completed (and appended),
+        otherwise every byte of ``data`` was added to it.
+        """
+        buf = self._buffer
+        taken = 0
+        if len(buf) < 7:  # its header first
+            taken = min(7 - len(buf), len(data))
+            buf += data[:taken]
+            if len(buf) < 7:
+                return taken
+        length: int = _unpack_header(buf, 0)[2]
+        if length > self._max_payload:
+            raise self._too_big(length)
+        need = 8 + length - len(buf)
+        if need > len(data) - taken:
+            buf += memoryview(data)[taken:]
+            return len(data)
+        buf += memoryview(data)[taken : taken + need]
+        frame = bytes(buf)
+        buf.clear()
+        self._cut(frame, 0, frames)  # exactly one complete frame, checked as any other
+        return taken + need
+
+    def _too_big(self, length: int) -> DecodeError:
+        return DecodeError("frame of %d bytes exceeds frame_max %d" % (length + 8, self._max_payload + 8))
 
 
 def method_frame(channel: int, payload: bytes) -> bytes:
