@@ -602,8 +602,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "shortstr_limit_in_characters",
         "puka/spec/codecs.py",
-        "        if len(raw) > 255:\n",
-        "        if len(value) > 255:\n",
+        "        if len(raw) > 255:\n            raise",
+        "        if len(value) > 255:\n            raise",
         ("tests/test_spec.py",),
         "the 255 limit of short strings is checked on characters, not encoded bytes",
     ),
@@ -618,8 +618,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "method_bits_msb_first",
         "puka/spec/codecs.py",
-        "members = tuple((1 << bit, positions[i]) for bit, i in enumerate(x)",
-        "members = tuple((0x80 >> bit, positions[i]) for bit, i in enumerate(x)",
+        "members = tuple((1 << bit, keys[i]) for bit, i in enumerate(x)",
+        "members = tuple((0x80 >> bit, keys[i]) for bit, i in enumerate(x)",
         ("tests/test_spec.py",),
         "method bit fields are packed from the high bit of the octet",
     ),
