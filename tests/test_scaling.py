@@ -27,6 +27,17 @@ class QueueWatcher(Middleware):
         self.seen.append((delivery.queue, delivery.message["routing_key"]))
 
 
+def take_and_ack(client, consume, count):
+    """Take ``count`` messages of ``consume``, acking each; their bodies."""
+    bodies = []
+    for _ in range(count):
+        message = client.wait(consume, timeout=PATIENCE)
+        assert message is not None
+        bodies.append(message["body"])
+        client.basic_ack(message)
+    return bodies
+
+
 def test_the_middleware_is_told_the_queue_of_each_delivery_among_hundreds_of_consumers(amqp_url):
     watcher = QueueWatcher()
     client = puka.Client(amqp_url, middleware=[watcher])
@@ -39,12 +50,7 @@ def test_the_middleware_is_told_the_queue_of_each_delivery_among_hundreds_of_con
         # Two messages per queue, in an order that is not the consumers' order.
         order = queues[::-1] + queues[1::2] + queues[::2]
         client.wait_for_all([client.basic_publish("", queue, queue.encode()) for queue in order])
-        bodies = []
-        for _ in order:
-            message = client.wait(consume, timeout=PATIENCE)
-            assert message is not None
-            bodies.append(message["body"])
-            client.basic_ack(message)
+        bodies = take_and_ack(client, consume, len(order))
         assert sorted(bodies) == sorted(queue.encode() for queue in order)
         assert len(watcher.seen) == len(order)
         wrong = [(told, came) for told, came in watcher.seen if told != came]
@@ -123,12 +129,7 @@ def test_many_server_named_queues_recovered_twice_keep_their_consumers_and_old_n
             assert sorted(renamed) == sorted(latest.values())
             latest = {queue: renamed[now] for queue, now in latest.items()}
         client.wait_for_all([client.basic_publish("", queue, queue.encode()) for queue in first])
-        bodies = []
-        for _ in first:
-            message = client.wait(consume, timeout=PATIENCE)
-            assert message is not None
-            bodies.append(message["body"])
-            client.basic_ack(message)
+        bodies = take_and_ack(client, consume, len(first))
         assert sorted(bodies) == sorted(queue.encode() for queue in first)
         assert sorted(told for told, _came in watch.seen) == sorted(latest.values())
         assert all(told == came for told, came in watch.seen), watch.seen[:5]
