@@ -793,6 +793,38 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def sockets_to(port: int) -> int:
+    """How many TCP sockets this process holds whose remote end is 127.0.0.1:``port`` (any state).
+
+    Unlike ``fd_count()``, other threads opening or closing their own sockets
+    (a server thread dropping earlier connections) do not change it: it counts a
+    client's sockets to one server and nothing else.
+    """
+    import os
+
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
 def pump(client, until, timeout: float = 5.0) -> bool:
     """Run a client's event loop (without taking any promise's results) until ``until()`` is true.
 
