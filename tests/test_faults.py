@@ -904,4 +904,5 @@ def test_proxy_itself_leaks_no_thread_or_fd(amqp_url):
         assert wait_until(lambda: proxy.active == 0, 10)
         with pytest.raises(puka.ConnectionBroken):
             client.wait(client.queue_declare(exclusive=True), timeout=5)
-    assert fd_count() == fds and threading.active_count() == threads
+    # fewer if an earlier test's socket or thread ended meanwhile
+    assert fd_count() <= fds and threading.active_count() <= threads

@@ -772,7 +772,8 @@ def test_fifty_recoveries_in_a_row_leak_no_descriptor_thread_or_memory(proxy, cl
     finally:
         tracemalloc.stop()
     assert len(hooks.recovered) == 53 and len(hooks.lost) == 53
-    assert wait_until(lambda: fd_count() == fds, timeout=PATIENCE), (fd_count(), fds)
+    # none left open; fewer if older sockets closed meanwhile
+    assert wait_until(lambda: fd_count() <= fds, timeout=PATIENCE), (fd_count(), fds)
     assert threading.active_count() == threads
     assert growth < 1024 * 1024, "memory grew by %d bytes over 50 recoveries" % growth
     assert not results.errors(consume)
