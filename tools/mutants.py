@@ -582,6 +582,19 @@ MUTANTS: tuple[Mutant, ...] = (
         _TLS_VERIFY,
         "verify=False (and verify_none, require_certificate=False) leaves verification on",
     ),
+    Mutant(
+        "failed_verification_leaks_the_socket",
+        "puka/transport.py",
+        "        except ssl.SSLCertVerificationError as exc:\n",
+        "        except ssl.SSLCertVerificationError as exc:\n"
+        "            self._kept = self.sock\n"
+        "            self.sock = None\n",
+        (
+            "tests/test_tls.py::test_hostname_mismatch_fails_verification",
+            "tests/test_tls.py::test_check_hostname_off_still_verifies_the_chain",
+        ),
+        "a connect that fails certificate verification leaves its socket open",
+    ),
     # --- spec codecs -----------------------------------------------------------------------------------
     Mutant(
         "table_int_tag_unsigned",
