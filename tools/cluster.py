@@ -64,6 +64,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ensure_broker import answers
+
 SBIN = "/usr/lib/rabbitmq/bin"
 EPMD_PORT = 4370
 AMQP_BASE = 5679
@@ -117,19 +119,7 @@ def _port_open(port: int, host: str = HOST) -> bool:
 
 def answers_amqp(port: int, host: str = HOST, timeout: float = 2.0) -> bool:
     """True when ``host:port`` answers the AMQP 0-9-1 header with a connection.start frame."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"AMQP\x00\x00\x09\x01")
-            data = b""
-            while len(data) < 11:
-                chunk = sock.recv(64)
-                if not chunk:
-                    return False
-                data += chunk
-            # frame type 1 (method) on channel 0, class 10 method 10: connection.start
-            return data[0] == 1 and data[1:3] == b"\x00\x00" and data[7:11] == b"\x00\x0a\x00\x0a"
-    except OSError:
-        return False
+    return answers(host, port, timeout)
 
 
 def _identity(pid: int) -> str:

@@ -34,7 +34,6 @@ def answers(host: str, port: int, timeout: float = 3.0) -> bool:
     """True when an AMQP 0-9-1 server greets the protocol header with connection.start."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
             sock.sendall(b"AMQP\x00\x00\x09\x01")
             data = b""
             while len(data) < 11:
@@ -42,8 +41,8 @@ def answers(host: str, port: int, timeout: float = 3.0) -> bool:
                 if not chunk:
                     return False
                 data += chunk
-            # method frame on channel 0 carrying connection.start (class 10, method 10)
-            return data[0] == 1 and data[7:11] == b"\x00\x0a\x00\x0a"
+            # frame type 1 (method) on channel 0, class 10 method 10: connection.start
+            return data[0] == 1 and data[1:3] == b"\x00\x00" and data[7:11] == b"\x00\x0a\x00\x0a"
     except OSError:
         return False
 
