@@ -308,31 +308,24 @@ class Transport:
         out = self._out
         sock = self.sock
         while out:
-            if self._gather and len(out) > 1:
-                buffers: list[Buffer] = []
-                total = 0
-                for data in out:
-                    buffers.append(data)
-                    total += len(data)
-                    if total >= SEND_CHUNK or len(buffers) == SEND_BUFFERS:
-                        break
-                try:
+            try:
+                if self._gather and len(out) > 1:
+                    buffers: list[Buffer] = []
+                    total = 0
+                    for data in out:
+                        buffers.append(data)
+                        total += len(data)
+                        if total >= SEND_CHUNK or len(buffers) == SEND_BUFFERS:
+                            break
                     sent = sock.sendmsg(buffers)
-                except (BlockingIOError, InterruptedError):
-                    self._eager = self.backlog + WRITE_EAGERLY
-                    return
-                except OSError as exc:
-                    self._write_failed(exc)
-                    return
-            else:
-                try:
+                else:
                     sent = sock.send(out[0])
-                except (BlockingIOError, InterruptedError):
-                    self._eager = self.backlog + WRITE_EAGERLY
-                    return
-                except OSError as exc:
-                    self._write_failed(exc)
-                    return
+            except (BlockingIOError, InterruptedError):
+                self._eager = self.backlog + WRITE_EAGERLY
+                return
+            except OSError as exc:
+                self._write_failed(exc)
+                return
             self.last_send = time.monotonic()
             self.backlog -= sent
             small = self._small
